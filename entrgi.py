@@ -1,0 +1,526 @@
+"""
+EntRGi: Entropy-aware Reward Guidance for discrete diffusion language models.
+
+Steers a masked diffusion LM (Dream-v0-Instruct-7B) with a reward model at test time:
+at every denoising step, Adam moves the denoiser's logits at the still-masked
+positions up the reward model's gradient, and the step samples from the moved logits.
+
+References:
+1) the paper: A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi,
+   "EntRGi: Entropy Aware Reward Guidance for Diffusion Language Models",
+   arXiv:2602.05000, 2026. Section numbers below (SPEC §N) follow shared/SPEC.md.
+2) the straight-through baseline, APS: Rout et al., 2025.
+3) Dream 7B (Dream-org/Dream-v0-Instruct-7B): the denoiser, run here through
+   transformers' own Qwen2 classes with a bidirectional attention mask.
+4) Skywork-Reward-V2 (Skywork/Skywork-Reward-V2-Qwen3-1.7B): the default reward model.
+
+Top to bottom: the relaxation (Eq. soft / hard / EntRGi), the reward bridge, the guided
+step (Algorithm 1, lines 2-3), the sampler (Algorithm 1), loading, the command line.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+
+METHODS = ("entrgi", "aps", "soft", "bon")
+
+
+class InputError(ValueError):
+    """Bad input from the user: the command line prints the message and exits with status 2."""
+
+
+@dataclass
+class Config:
+    method: str = "entrgi"     # entrgi | aps (straight-through) | soft (expectation) | bon (unguided, best of K)
+    K: int = 4                 # trajectories per prompt
+    T: int = 128               # denoising steps
+    L: int = 128               # new tokens
+    M: int = 3                 # Adam steps on psi per denoising step
+    lr: float = 0.5            # eta, Adam's learning rate (project README; the scripts default to 1.0)
+    temperature: float = 0.7  # tau
+    top_p: float = 0.95
+    seed: int = 0
+
+    def check(self):
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        for name in ("K", "T", "L"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.M < 0 or self.lr < 0:
+            raise InputError(f"guidance steps M and learning rate eta must not be negative, got M={self.M}, eta={self.lr}")
+        if not self.temperature > 0:
+            raise InputError(f"temperature tau must be above 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top-p must lie in (0, 1], got {self.top_p}")
+        return self
+
+    @property
+    def guided(self):
+        return self.method != "bon" and self.M > 0 and self.lr > 0
+
+# -----------------------------------------------------------------------------
+# 1. The relaxation (SPEC §2): how a masked position is fed to the reward model
+
+def uniform(shape, generator, device):
+    """U[0, 1) draws. A list of generators draws each equal leading block from its own
+    (one generator per prompt), so a prompt's draws do not depend on its batch."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=device)
+    n = shape[0] // len(generator)
+    return torch.cat([torch.rand((n, *shape[1:]), generator=g, device=device) for g in generator])
+
+
+def top_p_sample(logits, top_p, u):
+    """x ~ softmax(logits) restricted to the nucleus: the most likely tokens until their mass
+    reaches top_p (a token stays while the mass before it is <= top_p, as in Dream).
+    logits (..., V), u (...) uniforms -> ids (...). Inverse-CDF sampling, so each row uses
+    exactly its own uniform."""
+    p, idx = torch.softmax(logits, -1).sort(-1, descending=True)        # (..., V)
+    keep = p.cumsum(-1) - p <= top_p
+    p = p * keep
+    cdf = p.cumsum(-1)
+    j = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True)
+    j = torch.minimum(j, keep.sum(-1, keepdim=True) - 1)                 # float round-off at the top end
+    return idx.gather(-1, j).squeeze(-1)
+
+
+def entropy(q):
+    """H(q) over the last axis, with 0 log 0 = 0."""
+    return torch.special.entr(q).sum(-1)
+
+
+def relax(logits, embedding, method, temperature, top_p, generator):
+    """The reward model's input for positions with logits psi (SPEC §2).
+
+    logits (..., V): psi. embedding (V, d): E^R rows in the dLLM's vocabulary order.
+    Returns e (..., d) and the entropy weights w (...):
+      q      = softmax(psi / tau)
+      e_soft = sum_i q_i E_i                           soft relaxation ("expectation")
+      e_hard = E[x], x ~ q (top-p)                     the hard token
+      w      = H(q) / log|V|                           entropy weight, in [0, 1]
+      e      = e_soft + sg(w * (e_hard - e_soft))      EntRGi
+    Forward value (1 - w) e_soft + w e_hard; the gradient always takes the soft path.
+    soft: w = 0. aps (straight-through): w = 1.
+    """
+    q = torch.softmax(logits / temperature, -1)                          # (..., V)
+    e_soft = q.to(embedding.dtype) @ embedding                           # (..., d)
+    if method == "soft":
+        return e_soft, torch.zeros(q.shape[:-1], device=q.device)
+    with torch.no_grad():
+        x = top_p_sample(logits / temperature, top_p, uniform(logits.shape[:-1], generator, logits.device))
+        if method == "aps":
+            w = torch.ones(q.shape[:-1], device=q.device)
+        elif method == "entrgi":
+            # The paper's w. The released scripts take this entropy from softmax(psi),
+            # at temperature 1, while e_soft uses psi / tau.
+            w = entropy(q.detach()) / math.log(q.shape[-1])
+        else:
+            raise InputError(f"unknown relaxation {method!r}: choose entrgi, aps or soft")
+    e_hard = embedding[x]                                                # (..., d)
+    return e_soft + (w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)).detach(), w
+
+# -----------------------------------------------------------------------------
+# 2. The reward bridge (SPEC §4): dLLM tokens -> reward-model embeddings -> R
+
+def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
+    """For each dLLM token id, the RM token id with the identical token string; unmatched ids
+    (and the dLLM's padded rows past its tokenizer) go to the RM's unk, else eos, token.
+    Returns (map (vocab_size,) long, overlap = fraction of the dLLM tokenizer's ids matched)."""
+    rm_vocab = rm_tokenizer.get_vocab()
+    tokens = dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
+    ids = torch.full((vocab_size,), -1, dtype=torch.long)
+    ids[: len(tokens)] = torch.tensor([rm_vocab.get(t, -1) for t in tokens])
+    overlap = (ids[: len(tokens)] >= 0).float().mean().item()
+    fallback = next((i for i in (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id) if i is not None), 0)
+    if verbose:
+        print(f"vocabulary map: {overlap:.2%} of the dLLM's {len(tokens)} tokens found in the reward model's vocabulary",
+              file=sys.stderr)
+    if overlap < 0.9:
+        warnings.warn(f"only {overlap:.1%} of the dLLM's tokens exist in the reward model's vocabulary: "
+                      "the reward model will see many unknown tokens", stacklevel=2)
+    return ids.masked_fill(ids < 0, fallback), overlap
+
+
+def rm_chat(rm_tokenizer, prompt, response):
+    """The reward model's chat text for one (prompt, response) pair."""
+    conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return rm_tokenizer.apply_chat_template(conversation, tokenize=False)
+
+
+SLOT = "ENTRGIRESPONSESLOT"
+
+
+def rm_slots(rm_tokenizer, prompt):
+    """RM token ids before and after the response slot of the chat template."""
+    parts = rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT)
+    if len(parts) != 2:
+        raise InputError("the reward model's chat template does not place the assistant's reply verbatim "
+                         "once in its text: use a reward model whose template does")
+    return [rm_tokenizer(s, add_special_tokens=False)["input_ids"] for s in parts]
+
+
+def left_pad(rows, pad_id, device):
+    """List of id lists -> (B, T) ids, left-padded, and (B, T) bool: True at real tokens."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(rows), T), dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, T - len(r):] = torch.tensor(r)
+            valid[b, T - len(r):] = True
+    return ids.to(device), valid.to(device)
+
+
+def attention_bias(valid, causal, dtype):
+    """(B, T) bool -> (B, 1, T, T) additive attention mask: 0 where query i may attend key j,
+    the dtype's minimum elsewhere. Padding keys are hidden; every query also sees itself, so a
+    padding row is never fully masked (no NaN there to leak into the batch)."""
+    T = valid.shape[1]
+    allowed = valid[:, None, None, :]                                    # (B, 1, 1, T) keys
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def rm_score(rm, x, valid):
+    """R for reward-model input embeddings x (N, T, d); valid (N, T) marks real positions,
+    anywhere in the row. The real positions are packed to the right, order kept: transformers
+    pools an inputs_embeds batch at the last position, which is then each row's last real token,
+    and position ids count real tokens only, so padding changes no score."""
+    order = valid.int().sort(dim=1, stable=True).indices                    # padding first, then real tokens in order
+    x = x.gather(1, order.unsqueeze(-1).expand_as(x))
+    valid = valid.gather(1, order)
+    position_ids = (valid.cumsum(1) - 1).clamp(min=0)
+    bias = attention_bias(valid, causal=True, dtype=x.dtype)
+    return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids).logits[:, 0].float()   # (N,)
+
+
+def make_reward(rm, rm_tokenizer, prompts, K):
+    """reward(e (N, L, d), valid (N, L)) -> R (N,) for N = len(prompts) * K rows, prompt-major:
+    [RM chat prefix of the prompt] + [response slot] + [template suffix]."""
+    E = rm.get_input_embeddings().weight
+    prefix, suffix = zip(*(rm_slots(rm_tokenizer, p) for p in prompts))
+    if not all(suffix):
+        raise InputError("the reward model's chat template writes nothing after the reply: "
+                         "its score position would fall inside the response")
+    pad = rm_tokenizer.pad_token_id or 0
+    (pre, pre_valid), (suf, suf_valid) = (left_pad(s, pad, E.device) for s in (prefix, suffix))
+    pre, pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre, pre_valid, suf, suf_valid))
+    e_pre, e_suf = E[pre], E[suf]                                        # (N, P, d), (N, S, d)
+
+    def reward(e, valid):
+        x = torch.cat([e_pre, e.to(E.dtype), e_suf], 1)
+        return rm_score(rm, x, torch.cat([pre_valid, valid, suf_valid], 1))
+    return reward
+
+
+@torch.no_grad()
+def score_texts(rm, rm_tokenizer, prompts, responses):
+    """R(prompt, response) on text, re-tokenized by the reward model's own tokenizer."""
+    rows = [rm_tokenizer(rm_chat(rm_tokenizer, p, r), add_special_tokens=False)["input_ids"]
+            for p, r in zip(prompts, responses)]
+    E = rm.get_input_embeddings().weight
+    ids, valid = left_pad(rows, rm_tokenizer.pad_token_id or 0, E.device)
+    return rm_score(rm, E[ids], valid)
+
+# -----------------------------------------------------------------------------
+# 3. The guided step (SPEC §3; Algorithm 1, lines 2-3)
+
+def first_eos_mask(tokens, eos_ids):
+    """(N, L) -> (N, L) bool: True before the first end token (the response the RM reads)."""
+    return torch.isin(tokens, eos_ids).cumsum(-1) == 0
+
+
+def guide(logits, y, masked, reward, embedding, eos_ids, cfg, generator, betas=(0.9, 0.999), eps=1e-8):
+    """M Adam steps on psi, the logits at the masked positions, ascending the reward.
+    logits (N, L, V) fp32; y (N, L) current tokens; masked (N, L) bool.
+    Returns the moved psi (N, L, V) and the number of trajectory updates skipped because the
+    reward or its gradient was not finite (a tensor: no host synchronisation here)."""
+    psi = logits.detach().clone()                                        # line 2: a copy, the dLLM stays frozen
+    m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam moments, fresh at every step
+    n = torch.zeros(psi.shape[0], 1, 1, dtype=psi.dtype, device=psi.device)   # Adam steps taken, per trajectory
+    skipped = torch.zeros((), dtype=torch.long, device=psi.device)
+    e_known = embedding[y]                                               # (N, L, d) E^R[token] where revealed
+    for _ in range(cfg.M):                                               # line 3
+        psi.requires_grad_(True)
+        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator)
+        e = torch.where(masked.unsqueeze(-1), e, e_known)
+        tokens = torch.where(masked, psi.detach().argmax(-1), y)         # EOS judged by argmax psi where masked
+        R = reward(e, first_eos_mask(tokens, eos_ids))                   # (N,)
+        g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
+        psi = psi.detach()
+        with torch.no_grad():
+            ok = (R.isfinite() & g.isfinite().flatten(1).all(1)).view(-1, 1, 1)   # skip a non-finite update
+            skipped += (~ok).sum()
+            g = torch.where(ok, g, 0.0)
+            n = n + ok
+            m = torch.where(ok, betas[0] * m + (1 - betas[0]) * g, m)
+            v = torch.where(ok, betas[1] * v + (1 - betas[1]) * g * g, v)
+            # torch.optim.Adam's update, written out so that a skipped row keeps its state
+            denom = v.sqrt() / (1 - betas[1] ** n).clamp(min=1e-38).sqrt() + eps
+            step = cfg.lr / (1 - betas[0] ** n).clamp(min=1e-38) * m / denom
+            psi = torch.where(ok, psi - step, psi)
+    return psi, skipped
+
+# -----------------------------------------------------------------------------
+# 4. The sampler (Algorithm 1)
+
+def schedule(T, L):
+    """Tokens revealed at each of the T steps: floor(n_masked (1 - t_{k+1} / t_k)), all that
+    remain at the last step, with t = linspace(1, 1e-3, T + 1) (Dream's schedule)."""
+    t = torch.linspace(1, 1e-3, T + 1)
+    counts, n = [], L
+    for k in range(T):
+        c = n if k == T - 1 else int(n * (1 - t[k + 1] / t[k]))
+        counts.append(c)
+        n -= c
+    return counts
+
+
+def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False):
+    """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories.
+
+    denoiser(y (N, L)) -> (N, L, V) logits, row l predicting token l of the response.
+    reward(e (N, L, d), valid (N, L)) -> (N,) reward on response-slot embeddings.
+    embedding (V, d): the RM's embeddings in the dLLM's vocabulary order.
+    seeds: one per prompt, rows prompt-major. cfg.method "bon" (or M = 0, or lr = 0) samples
+    unguided. Returns y (N, L) tokens and the number of skipped (non-finite) guidance updates.
+    """
+    device = embedding.device
+    N = len(seeds) * cfg.K
+    # one generator per prompt; separate streams, so guidance never shifts the sampler's draws
+    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
+    gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
+    eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
+    y = torch.full((N, L), mask_id, dtype=torch.long, device=device)
+    skipped = torch.zeros((), dtype=torch.long, device=device)
+    counts = schedule(cfg.T, L)
+    steps = range(cfg.T)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc=f"{cfg.method} denoising", file=sys.stderr)
+    for k in steps:
+        if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
+            continue
+        masked = y == mask_id                                                # (N, L)
+        logits = denoiser(y)                                                 # line 1: (N, L, V)
+        psi = logits
+        if cfg.guided:                                                       # lines 2-3
+            psi, s = guide(logits, y, masked, reward, embedding, eos_ids, cfg, gen_guide)
+            skipped += s
+        x0 = top_p_sample(psi / cfg.temperature, cfg.top_p, uniform((N, L), gen_x, device))  # line 4
+        # line 5: confidence = -H of the unguided step distribution, EOS last, revealed never
+        # (Dream's generate takes this entropy after its top-p filter; the SPEC's is unfiltered)
+        confidence = -entropy(torch.softmax(logits / cfg.temperature, -1))
+        confidence = torch.where(torch.isin(x0, eos_ids), confidence - 1e4, confidence)
+        confidence = confidence.masked_fill(~masked, -math.inf)
+        reveal = torch.zeros_like(masked).scatter(1, confidence.topk(counts[k], -1).indices, True)
+        y = torch.where(reveal, x0, y)                                       # line 6
+    return y, skipped
+
+# -----------------------------------------------------------------------------
+# 5. Loading: Dream through transformers' Qwen2 classes, any sequence-classification RM
+
+def resolve(name_or_path):
+    """A local directory as is; a hub name downloaded (or found in the cache)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    try:
+        from huggingface_hub import snapshot_download
+        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    except Exception as err:
+        raise InputError(f"cannot find model {name_or_path!r}: it is no local directory and the hub did not give it "
+                         f"({type(err).__name__}); check the name, or the machine may be offline: pass a local directory") from None
+
+
+def pick_dtype(device, dtype):
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def load_dllm(name_or_path, device="cpu", dtype="auto"):
+    """Dream (hub name or a directory laid out like Dream-v0-Instruct-7B) as transformers'
+    Qwen2ForCausalLM with bidirectional attention; no trust_remote_code (SPEC §5).
+    Returns (model, tokenizer), the model frozen in eval mode."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+    path = resolve(name_or_path)
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{name_or_path!r} has no readable config.json ({err})") from None
+    # Dream's config is Qwen2's with model_type "Dream" and a mask token id
+    drop = {"model_type", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype"}
+    config = Qwen2Config(**{k: v for k, v in raw.items() if k not in drop})
+    try:
+        model = Qwen2ForCausalLM.from_pretrained(path, config=config, dtype=pick_dtype(device, dtype))
+        tokenizer = Qwen2Tokenizer.from_pretrained(path)   # Dream's "DreamTokenizer" is Qwen2's byte-level BPE
+    except OSError as err:
+        raise InputError(f"cannot load the dLLM from {name_or_path!r}: {err}") from None
+    if tokenizer.mask_token_id is None:
+        raise InputError(f"the tokenizer of {name_or_path!r} has no mask token: a masked diffusion LM needs one")
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = False                # Dream attends both ways; never let a kernel assume causal
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_reward_model(name_or_path, device="cpu", dtype="auto"):
+    """Any sequence-classification reward model with one label and a chat template.
+    Returns (model, tokenizer), the model frozen in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    path = resolve(name_or_path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=pick_dtype(device, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot load the reward model from {name_or_path!r}: {err}") from None
+    if not tokenizer.chat_template:
+        raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
+    # rm_score packs padding to the left, so transformers' warning that it cannot find padding in
+    # inputs_embeds (it pools at the last position) does not apply
+    logging.getLogger("transformers.modeling_layers").addFilter(lambda record: "inputs_embeds" not in record.getMessage())
+    return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+def dllm_logits(model, ids, valid, last=None):
+    """Dream's logits aligned so that row i predicts token i: Dream predicts token i from its
+    output at position i - 1 (position 0 keeps its own). ids, valid (B, T) -> (B, T, V), or
+    only the last `last` rows (B, last, V), the lm_head run on those alone."""
+    position_ids = (valid.cumsum(1) - 1).clamp(min=0)
+    bias = attention_bias(valid, causal=False, dtype=model.dtype)
+    keep = ids.shape[1] if last is None else last + 1
+    out = model(input_ids=ids, attention_mask=bias, position_ids=position_ids, logits_to_keep=keep).logits
+    return torch.cat([out[:, :1], out[:, :-1]], 1) if last is None else out[:, :-1]
+
+
+def dllm_prompt_ids(tokenizer, prompt):
+    """The dLLM's chat-formatted prompt, ready for the assistant's reply."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def make_denoiser(model, tokenizer, prompts, K, L):
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits of the response positions, N = len(prompts) * K,
+    the prompts left-padded in front. The mask token itself is never proposed."""
+    rows = [dllm_prompt_ids(tokenizer, p) for p in prompts]
+    limit = model.config.max_position_embeddings
+    if max(map(len, rows)) + L > limit:
+        raise InputError(f"prompt ({max(map(len, rows))} tokens) + L ({L}) exceeds the dLLM's {limit} positions: "
+                         "shorten the prompt or lower --max-new-tokens")
+    prompt, prompt_valid = left_pad(rows, tokenizer.pad_token_id or 0, model.device)
+    prompt, prompt_valid = prompt.repeat_interleave(K, 0), prompt_valid.repeat_interleave(K, 0)
+    mask_id = tokenizer.mask_token_id
+
+    def denoiser(y):
+        ids = torch.cat([prompt, y], 1)
+        valid = torch.cat([prompt_valid, torch.ones_like(y, dtype=torch.bool)], 1)
+        logits = dllm_logits(model, ids, valid, last=y.shape[1]).float()
+        logits[..., mask_id] = -math.inf
+        return logits
+    return denoiser
+
+
+def end_ids(tokenizer):
+    """Token ids that end a response: eos, pad, and the chat turn's end <|im_end|> where present."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.get_vocab().get("<|im_end|>")}
+    return sorted(i for i in ids if i is not None)
+
+
+def decode(tokenizer, y, eos_ids):
+    """(N, L) tokens -> N response strings, each cut at its first end token."""
+    keep = first_eos_mask(y, torch.as_tensor(eos_ids, device=y.device))
+    return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True) for row, k in zip(y, keep)]
+
+# -----------------------------------------------------------------------------
+# 6. The command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.")
+    p.add_argument("--prompt", required=True, help="the user prompt")
+    p.add_argument("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM: hub name or local directory")
+    p.add_argument("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model R: hub name or local directory")
+    p.add_argument("--method", default="entrgi", help="entrgi | aps (straight-through) | soft (expectation) | bon (best of K, unguided)")
+    p.add_argument("--samples", type=int, default=4, help="K, trajectories per prompt")
+    p.add_argument("--steps", type=int, default=128, help="T, denoising steps")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="L, response length in tokens")
+    p.add_argument("--guidance-steps", type=int, default=3, help="M, Adam steps on psi per denoising step")
+    p.add_argument("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi")
+    p.add_argument("--temperature", type=float, default=0.7, help="tau, sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass for sampling")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--output", default=None, help="write the run as JSON to this file")
+    return p, p.parse_args(argv)
+
+
+def run(args):
+    """The CLI's work: load, sample, score, report. Returns the JSON-able result."""
+    cfg = Config(args.method, args.samples, args.steps, args.max_new_tokens, args.guidance_steps, args.lr,
+                 args.temperature, args.top_p, args.seed).check()
+    if not args.prompt.strip():
+        raise InputError("the prompt is empty: pass some text with --prompt")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise InputError(f"cannot write --output {args.output!r}: its folder does not exist")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but CUDA is not available here: use --device cpu")
+    dllm, tok = load_dllm(args.dllm, device, args.dtype)
+    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
+    E_map, _ = vocab_map(tok, rm_tok, dllm.config.vocab_size)
+    embedding = rm.get_input_embeddings().weight[E_map.to(device)]      # (V, d): E^R in the dLLM's order
+    prompts = [args.prompt]
+    denoiser = make_denoiser(dllm, tok, prompts, cfg.K, cfg.L)
+    reward = make_reward(rm, rm_tok, prompts, cfg.K)
+    eos = end_ids(tok)
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    y, skipped = sample(denoiser, reward, embedding, [cfg.seed], cfg.L, tok.mask_token_id, eos, cfg, progress=True)
+    if skipped.item():
+        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite", stacklevel=1)
+    responses = decode(tok, y, eos)
+    R = score_texts(rm, rm_tok, prompts * cfg.K, responses).tolist()
+    wall = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    best = max(range(cfg.K), key=R.__getitem__)
+    return {"prompt": args.prompt, "method": cfg.method,
+            "settings": {**asdict(cfg), "dllm": args.dllm, "reward_model": args.reward_model, "device": device,
+                         "dtype": str(dllm.dtype).removeprefix("torch.")},
+            "responses": [{"text": t, "reward": r} for t, r in zip(responses, R)],
+            "best_response": responses[best], "top1_reward": max(R), "avg_reward": sum(R) / len(R),
+            "wall_time_s": wall, "peak_gpu_memory_gib": peak}
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    try:
+        result = run(args)
+    except InputError as err:
+        parser.exit(2, f"entrgi.py: error: {err}\n")
+    for i, r in enumerate(result["responses"]):
+        print(f"--- trajectory {i}: reward {r['reward']:.4f}\n{r['text']}\n")
+    print(f"=== best response (reward {result['top1_reward']:.4f}):\n{result['best_response']}\n")
+    print(f"Top@1 {result['top1_reward']:.4f}  Avg@{len(result['responses'])} {result['avg_reward']:.4f}  "
+          f"wall {result['wall_time_s']:.1f} s" +
+          (f"  peak GPU memory {result['peak_gpu_memory_gib']:.2f} GiB" if result["peak_gpu_memory_gib"] is not None else ""))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
