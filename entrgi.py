@@ -98,7 +98,7 @@ def entropy(q):
     return torch.special.entr(q).sum(-1)
 
 
-def relax(logits, embedding, method, temperature, top_p, generator):
+def relax(logits, embedding, method, temperature, top_p, generator, x=None):
     """The reward model's input for positions with logits psi (SPEC §2).
 
     logits (..., V): psi. embedding (V, d): E^R rows in the dLLM's vocabulary order.
@@ -110,13 +110,15 @@ def relax(logits, embedding, method, temperature, top_p, generator):
       e      = e_soft + sg(w * (e_hard - e_soft))      EntRGi
     Forward value (1 - w) e_soft + w e_hard; the gradient always takes the soft path.
     soft: w = 0. aps (straight-through): w = 1.
+    x (...): a hard sample to hold fixed (for checking gradients); drawn here when None.
     """
     q = torch.softmax(logits / temperature, -1)                          # (..., V)
     e_soft = q.to(embedding.dtype) @ embedding                           # (..., d)
     if method == "soft":
         return e_soft, torch.zeros(q.shape[:-1], device=q.device)
     with torch.no_grad():
-        x = top_p_sample(logits / temperature, top_p, uniform(logits.shape[:-1], generator, logits.device))
+        if x is None:
+            x = top_p_sample(logits / temperature, top_p, uniform(logits.shape[:-1], generator, logits.device))
         if method == "aps":
             w = torch.ones(q.shape[:-1], device=q.device)
         elif method == "entrgi":
@@ -250,7 +252,7 @@ def guide(logits, y, masked, reward, embedding, eos_ids, cfg, generator, betas=(
     m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam moments, fresh at every step
     n = torch.zeros(psi.shape[0], 1, 1, dtype=psi.dtype, device=psi.device)   # Adam steps taken, per trajectory
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-    e_known = embedding[y]                                               # (N, L, d) E^R[token] where revealed
+    e_known = embedding[y.masked_fill(masked, 0)]                        # (N, L, d) E^R[token] where revealed
     for _ in range(cfg.M):                                               # line 3
         psi.requires_grad_(True)
         e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator)
