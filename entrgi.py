@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-METHODS = ("entrgi", "aps", "soft", "bon")
+METHODS = ("bon", "soft", "aps", "entrgi")
 
 
 class InputError(ValueError):
@@ -51,7 +51,7 @@ class Config:
 
     def check(self):
         if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise InputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
         for name in ("K", "T", "L"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -449,10 +449,14 @@ def decode(tokenizer, y, eos_ids):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.")
-    p.add_argument("--prompt", required=True, help="the user prompt")
+    p.add_argument("--prompt", help="the user prompt")
+    p.add_argument("--prompts-file", help="many prompts: a text file, one prompt a line (blank lines skipped), or "
+                   ".jsonl with a \"prompt\" field (other fields are carried into the output); needs --output")
+    p.add_argument("--batch-size", type=int, default=1, help="B, prompts per forward pass (B x K rows)")
     p.add_argument("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM: hub name or local directory")
     p.add_argument("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model R: hub name or local directory")
-    p.add_argument("--method", default="entrgi", help="entrgi | aps (straight-through) | soft (expectation) | bon (best of K, unguided)")
+    p.add_argument("--method", default="entrgi", help="entrgi | aps (straight-through) | soft (expectation) | "
+                   "bon (best of K, unguided) | all (the four on the same prompts and seeds)")
     p.add_argument("--samples", type=int, default=4, help="K, trajectories per prompt")
     p.add_argument("--steps", type=int, default=128, help="T, denoising steps")
     p.add_argument("--max-new-tokens", type=int, default=128, help="L, response length in tokens")
@@ -460,68 +464,252 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi")
     p.add_argument("--temperature", type=float, default=0.7, help="tau, sampling temperature")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass for sampling")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the prompt at position i of a file gets seed + i")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="model weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--output", default=None, help="write the run as JSON to this file")
+    p.add_argument("--output", default=None, help="with --prompt: the run as JSON; with --prompts-file: JSON lines, "
+                   "one a prompt, appended as each finishes; the same command again resumes")
     return p, p.parse_args(argv)
 
 
-def run(args):
-    """The CLI's work: load, sample, score, report. Returns the JSON-able result."""
-    cfg = Config(args.method, args.samples, args.steps, args.max_new_tokens, args.guidance_steps, args.lr,
-                 args.temperature, args.top_p, args.seed).check()
-    if not args.prompt.strip():
-        raise InputError("the prompt is empty: pass some text with --prompt")
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise InputError(f"cannot write --output {args.output!r}: its folder does not exist")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def configs(args):
+    """One checked Config per method asked for."""
+    methods = METHODS if args.method == "all" else [args.method]
+    return [Config(m, args.samples, args.steps, args.max_new_tokens, args.guidance_steps, args.lr,
+                   args.temperature, args.top_p, args.seed).check() for m in methods]
+
+
+def settings(args):
+    """What a result depends on besides its method and prompt."""
+    return {"K": args.samples, "T": args.steps, "L": args.max_new_tokens, "M": args.guidance_steps, "lr": args.lr,
+            "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
+            "dllm": args.dllm, "reward_model": args.reward_model}
+
+
+def pick_device(device):
+    local = os.environ.get("LOCAL_RANK")                 # torchrun: one GPU a process
+    if device is None:
+        device = ("cuda" if local is None else f"cuda:{local}") if torch.cuda.is_available() else "cpu"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but CUDA is not available here: use --device cpu")
+    return device
+
+
+def load(args, device):
+    """Both models, frozen, and E^R rows in the dLLM's vocabulary order: (dllm, tok, rm, rm_tok, embedding)."""
     dllm, tok = load_dllm(args.dllm, device, args.dtype)
     rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
-    E_map, _ = vocab_map(tok, rm_tok, dllm.config.vocab_size)
-    embedding = rm.get_input_embeddings().weight[E_map.to(device)]      # (V, d): E^R in the dLLM's order
-    prompts = [args.prompt]
+    ids, _ = vocab_map(tok, rm_tok, dllm.config.vocab_size)
+    return dllm, tok, rm, rm_tok, rm.get_input_embeddings().weight[ids.to(device)]   # (V, d)
+
+
+def generate(models, prompts, seeds, cfg, progress=False):
+    """K responses for each prompt, each scored on text: one result dict per prompt."""
+    dllm, tok, rm, rm_tok, embedding = models
+    eos = end_ids(tok)
     denoiser = make_denoiser(dllm, tok, prompts, cfg.K, cfg.L)
     reward = make_reward(rm, rm_tok, prompts, cfg.K)
-    eos = end_ids(tok)
-
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    y, skipped = sample(denoiser, reward, embedding, [cfg.seed], cfg.L, tok.mask_token_id, eos, cfg, progress=True)
+    y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress)
     if skipped.item():
-        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite", stacklevel=1)
-    responses = decode(tok, y, eos)
-    R = score_texts(rm, rm_tok, prompts * cfg.K, responses).tolist()
-    wall = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    best = max(range(cfg.K), key=R.__getitem__)
-    return {"prompt": args.prompt, "method": cfg.method,
-            "settings": {**asdict(cfg), "dllm": args.dllm, "reward_model": args.reward_model, "device": device,
-                         "dtype": str(dllm.dtype).removeprefix("torch.")},
-            "responses": [{"text": t, "reward": r} for t, r in zip(responses, R)],
-            "best_response": responses[best], "top1_reward": max(R), "avg_reward": sum(R) / len(R),
-            "wall_time_s": wall, "peak_gpu_memory_gib": peak}
+        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite", stacklevel=2)
+    texts = decode(tok, y, eos)
+    results = []
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        responses = texts[i * cfg.K:(i + 1) * cfg.K]
+        R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()   # per prompt: no batch-mates' padding
+        results.append({"method": cfg.method, "seed": seed, "responses": [{"text": t, "reward": r} for t, r in zip(responses, R)],
+                        "best_response": responses[R.index(max(R))], "top1_reward": max(R), "avg_reward": sum(R) / len(R)})
+    return results
+
+
+def method_table(results):
+    """Mean Top@1 and mean Avg@N per method (the paper's results table)."""
+    table = {}
+    for m in METHODS:
+        rows = [r for r in results if r["method"] == m]
+        if rows:
+            table[m] = {"prompts": len(rows), "top1_reward": sum(r["top1_reward"] for r in rows) / len(rows),
+                        "avg_reward": sum(r["avg_reward"] for r in rows) / len(rows)}
+    return table
+
+
+def print_table(table, K):
+    print(f"{'method':>8} {'prompts':>8} {'Top@1':>8} {'Avg@' + str(K):>8}")
+    for m, row in table.items():
+        print(f"{m:>8} {row['prompts']:8d} {row['top1_reward']:8.4f} {row['avg_reward']:8.4f}")
+
+
+def run_prompt(args):
+    """--prompt: sample, print every trajectory and the best, optionally write JSON."""
+    if not args.prompt.strip():
+        raise InputError("the prompt is empty: pass some text with --prompt")
+    cfgs = configs(args)
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise InputError(f"cannot write --output {args.output!r}: its folder does not exist")
+    device = pick_device(args.device)
+    models = load(args, device)
+    runs = []
+    for cfg in cfgs:
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        [result] = generate(models, [args.prompt], [cfg.seed], cfg, progress=True)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        result = {"prompt": args.prompt, "method": cfg.method,
+                  "settings": {**settings(args), "device": device, "dtype": str(models[0].dtype).removeprefix("torch.")},
+                  **result, "wall_time_s": time.perf_counter() - start, "peak_gpu_memory_gib": peak}
+        for i, r in enumerate(result["responses"]):
+            print(f"--- {cfg.method} trajectory {i}: reward {r['reward']:.4f}\n{r['text']}\n")
+        print(f"=== {cfg.method} best response (reward {result['top1_reward']:.4f}):\n{result['best_response']}\n")
+        print(f"{cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}  "
+              f"wall {result['wall_time_s']:.1f} s" + (f"  peak GPU memory {peak:.2f} GiB" if peak is not None else ""))
+        runs.append(result)
+    if len(runs) > 1:
+        print_table(method_table(runs), args.samples)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(runs[0] if len(runs) == 1 else {"prompt": args.prompt, "runs": runs, "table": method_table(runs)}, f, indent=2)
+
+
+def read_prompts(path):
+    """[{"prompt": ..., other fields}] from a text file (one prompt a line) or a .jsonl file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not path.endswith(".jsonl"):
+            records.append({"prompt": line})
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path} line {n} is not JSON: each line of a .jsonl prompts file is one JSON object") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise InputError(f"{path} line {n} has no prompt: each line needs a non-empty \"prompt\" field")
+        records.append(record)
+    if not records:
+        raise InputError(f"--prompts-file {path!r} holds no prompt")
+    return records
+
+
+def read_output(path, prompts, run_settings):
+    """The (index, method) pairs an earlier run of this command already wrote to `path`, and the
+    byte length of its whole lines. Refuses a file that this command did not write."""
+    if not os.path.exists(path):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise InputError(f"cannot write --output {path!r}: its folder does not exist")
+        return set(), 0
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read --output {path!r} to resume from it: {err}") from None
+    whole = text[: text.rfind("\n") + 1]                 # a line without its newline was never finished
+    done = set()
+    for n, line in enumerate(whole.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and "summary" in record:
+            continue
+        i = record.get("index") if isinstance(record, dict) else None
+        if not (isinstance(i, int) and 0 <= i < len(prompts) and record.get("prompt") == prompts[i]["prompt"]
+                and record.get("method") in METHODS and record.get("settings") == run_settings):
+            raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or other "
+                             "settings): refusing to append to it; pass another --output")
+        done.add((i, record["method"]))
+    return done, len(whole.encode("utf-8"))
+
+
+def append_line(path, record):
+    """One JSON line, in one write to a file opened for appending: a run killed at any moment leaves
+    whole lines only, and processes appending to the same file never interleave."""
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def run_file(args):
+    """--prompts-file: batches of prompts, resumable JSON-lines output, sharded over torchrun's ranks."""
+    cfgs = configs(args)
+    if not args.output:
+        raise InputError("--prompts-file needs --output FILE.jsonl: the results are written there as they finish")
+    if args.batch_size < 1:
+        raise InputError(f"the batch size must be at least 1, got {args.batch_size}")
+    prompts = read_prompts(args.prompts_file)
+    run_settings = settings(args)
+    done, whole = read_output(args.output, prompts, run_settings)
+    device = pick_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = 0
+    if world > 1:                                        # torchrun: every rank takes every world-th prompt
+        import torch.distributed as dist
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank = dist.get_rank()
+    if rank == 0 and os.path.exists(args.output) and os.path.getsize(args.output) > whole:
+        os.truncate(args.output, whole)                  # drop an unfinished last line before appending
+        print(f"dropped an unfinished last line from {args.output}", file=sys.stderr)
+    if world > 1:
+        dist.barrier()
+    models = load(args, device)
+    dllm, tok = models[:2]
+    for record in prompts:                               # every prompt fits, before anything is written
+        make_denoiser(dllm, tok, [record["prompt"]], 1, args.max_new_tokens)
+    start, new = time.perf_counter(), 0
+    mine = list(range(rank, len(prompts), world))
+    for b in range(0, len(mine), args.batch_size):
+        batch = mine[b:b + args.batch_size]
+        for cfg in cfgs:
+            todo = [i for i in batch if (i, cfg.method) not in done]
+            if not todo:
+                continue
+            results = generate(models, [prompts[i]["prompt"] for i in todo], [cfg.seed + i for i in todo], cfg)
+            for i, result in zip(todo, results):
+                append_line(args.output, {"index": i, **prompts[i], **result, "settings": run_settings})
+                print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}",
+                      file=sys.stderr)
+                new += 1
+    if world > 1:
+        counts = torch.tensor([new], device=device)      # NCCL reduces CUDA tensors, gloo CPU ones
+        dist.all_reduce(counts)
+        new = int(counts.item())
+        dist.destroy_process_group()
+    if rank != 0:
+        return
+    seconds = time.perf_counter() - start
+    with open(args.output, encoding="utf-8") as f:
+        results = [r for r in map(json.loads, f) if "summary" not in r]
+    table = method_table(results)
+    summary = {"prompts": len(prompts), "results": len(results), "new_results": new,
+               "seconds_per_result": seconds / new if new else None, "settings": run_settings, "table": table}
+    append_line(args.output, {"summary": summary})
+    print(f"{len(results)} results for {len(prompts)} prompts in {args.output}; this run: {new} new"
+          + (f", {seconds / new:.2f} s each" if new else ""))
+    print_table(table, args.samples)
 
 
 def main(argv=None):
     parser, args = parse_args(argv)
     try:
-        result = run(args)
+        if (args.prompt is None) == (args.prompts_file is None):
+            raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
+        run_prompt(args) if args.prompt is not None else run_file(args)
     except InputError as err:
         parser.exit(2, f"entrgi.py: error: {err}\n")
-    for i, r in enumerate(result["responses"]):
-        print(f"--- trajectory {i}: reward {r['reward']:.4f}\n{r['text']}\n")
-    print(f"=== best response (reward {result['top1_reward']:.4f}):\n{result['best_response']}\n")
-    print(f"Top@1 {result['top1_reward']:.4f}  Avg@{len(result['responses'])} {result['avg_reward']:.4f}  "
-          f"wall {result['wall_time_s']:.1f} s" +
-          (f"  peak GPU memory {result['peak_gpu_memory_gib']:.2f} GiB" if result["peak_gpu_memory_gib"] is not None else ""))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""Many prompts: --prompts-file, --batch-size, resumable output, torchrun, --method all."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import entrgi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROMPTS = ["Hello", "Write a short poem about the sea and the waves, please", "Explain gradients to a child",
+           "One two three", "Good answers are helpful and kind. Are they?", "Why?"]
+SMALL = ["--steps", "4", "--max-new-tokens", "6", "--samples", "2", "--device", "cpu"]
+
+
+def prompt_lines(path):
+    """The output's prompt lines, as text, and its summary records."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    return sorted(l for l in lines if '"summary"' not in l[:12]), [json.loads(l)["summary"] for l in lines if l.startswith('{"summary"')]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n\n")
+    return str(path)
+
+
+def run_main(*args, dream_dir, rm_dir):
+    entrgi.main(["--dllm", dream_dir, "--reward-model", rm_dir, *SMALL, *args])
+
+
+def test_batch_size_does_not_change_results(prompts_file, tmp_path, dream_dir, rm_dir):
+    one, three = str(tmp_path / "b1.jsonl"), str(tmp_path / "b3.jsonl")
+    run_main("--prompts-file", prompts_file, "--output", one, "--batch-size", "1", dream_dir=dream_dir, rm_dir=rm_dir)
+    run_main("--prompts-file", prompts_file, "--output", three, "--batch-size", "3", dream_dir=dream_dir, rm_dir=rm_dir)
+    lines1, [summary1] = prompt_lines(one)
+    lines3, [summary3] = prompt_lines(three)
+    assert lines1 == lines3 and len(lines1) == len(PROMPTS)
+    records = sorted(map(json.loads, lines1), key=lambda r: r["index"])
+    assert [r["prompt"] for r in records] == PROMPTS
+    assert [r["seed"] for r in records] == list(range(len(PROMPTS)))          # seed + position in the file
+    assert all(len(r["responses"]) == 2 and r["top1_reward"] == max(x["reward"] for x in r["responses"]) for r in records)
+    assert summary1["table"] == summary3["table"] and summary1["results"] == len(PROMPTS)
+    mean_top1 = sum(r["top1_reward"] for r in records) / len(records)
+    assert summary1["table"]["entrgi"]["top1_reward"] == pytest.approx(mean_top1)
+
+
+def test_jsonl_fields_are_carried(tmp_path, dream_dir, rm_dir):
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": "Hello", "id": "a-1", "subset": "chat"}) + "\n")
+    out = str(tmp_path / "o.jsonl")
+    run_main("--prompts-file", str(src), "--output", out, dream_dir=dream_dir, rm_dir=rm_dir)
+    [line], _ = prompt_lines(out)
+    record = json.loads(line)
+    assert record["id"] == "a-1" and record["subset"] == "chat" and record["prompt"] == "Hello"
+
+
+def cli(*args, env=None):
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "entrgi.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
+    prompts = tmp_path / "many.txt"
+    prompts.write_text("\n".join(PROMPTS * 3) + "\n")                       # 18 prompts
+    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", str(prompts), "--steps", "12",
+            "--max-new-tokens", "12", "--samples", "2", "--device", "cpu"]
+    full, part = str(tmp_path / "full.jsonl"), str(tmp_path / "part.jsonl")
+    p = cli(*args, "--output", part)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(part) or open(part).read().count("\n") < 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed = open(part).read()
+    assert 2 <= killed.count("\n") < 18 and killed.endswith("\n")            # stopped partway, whole lines only
+    assert cli(*args, "--output", part).wait() == 0                          # resume
+    assert cli(*args, "--output", full).wait() == 0                          # uninterrupted
+    lines_part, summaries = prompt_lines(part)
+    lines_full, _ = prompt_lines(full)
+    assert lines_part == lines_full and len(lines_part) == 18
+    assert summaries[-1]["new_results"] == 18 - killed.count("\n")
+    assert cli(*args, "--output", part).wait() == 0                          # a third run adds nothing
+    assert prompt_lines(part)[0] == lines_full and prompt_lines(part)[1][-1]["new_results"] == 0
+
+
+def test_unfinished_last_line_is_dropped_on_resume(prompts_file, tmp_path, dream_dir, rm_dir):
+    out = tmp_path / "o.jsonl"
+    run_main("--prompts-file", prompts_file, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    whole = out.read_text()
+    lines = [l for l in whole.splitlines() if not l.startswith('{"summary"')]
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])              # as if cut inside line 4
+    run_main("--prompts-file", prompts_file, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert prompt_lines(str(out))[0] == sorted(lines)
+
+
+def test_torchrun_two_processes_equal_one(prompts_file, tmp_path, dream_dir, rm_dir):
+    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--batch-size", "2"]
+    one, two = str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")
+    env = {"OMP_NUM_THREADS": "1"}                                           # as torchrun sets for each process
+    p = cli(*args, "--output", one, env=env)
+    assert p.wait() == 0, p.stderr.read()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(HERE, "entrgi.py"), *args, "--output", two], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines_one, _ = prompt_lines(one)
+    lines_two, summaries = prompt_lines(two)
+    assert lines_two == lines_one and len(lines_two) == len(PROMPTS)
+    assert len(summaries) == 1 and summaries[0]["new_results"] == len(PROMPTS)
+
+
+def test_method_all_writes_the_table(prompts_file, tmp_path, dream_dir, rm_dir, capsys):
+    out = str(tmp_path / "all.jsonl")
+    run_main("--prompts-file", prompts_file, "--output", out, "--method", "all", dream_dir=dream_dir, rm_dir=rm_dir)
+    lines, [summary] = prompt_lines(out)
+    records = list(map(json.loads, lines))
+    assert len(records) == 4 * len(PROMPTS)
+    assert sorted(summary["table"]) == sorted(entrgi.METHODS)
+    for m in entrgi.METHODS:
+        mine = [r for r in records if r["method"] == m]
+        assert [r["seed"] for r in sorted(mine, key=lambda r: r["index"])] == list(range(len(PROMPTS)))
+        assert summary["table"][m]["prompts"] == len(PROMPTS)
+        assert summary["table"][m]["avg_reward"] == pytest.approx(sum(r["avg_reward"] for r in mine) / len(mine))
+    printed = capsys.readouterr().out
+    assert all(m in printed for m in entrgi.METHODS) and "Top@1" in printed and "Avg@2" in printed
+
+
+def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsys):
+    ok = tmp_path / "ok.txt"
+    ok.write_text("Hello\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    no_prompt = tmp_path / "bad.jsonl"
+    no_prompt.write_text('{"prompt": "Hi"}\n{"question": "Hi"}\n')
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text('{"id": 1, "text": "someone else\'s results"}\n')
+    other = tmp_path / "other.jsonl"                        # written by this tool, for another prompts file
+    other.write_text(json.dumps({"index": 0, "prompt": "Bye", "method": "entrgi"}) + "\n")
+    cases = [
+        (["--prompts-file", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o1.jsonl")], "cannot read --prompts-file"),
+        (["--prompts-file", str(empty), "--output", str(tmp_path / "o2.jsonl")], "holds no prompt"),
+        (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")], "line 2 has no prompt"),
+        (["--prompts-file", str(ok), "--output", str(foreign)], "was not written by this command"),
+        (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
+        (["--prompts-file", str(ok), "--output", str(tmp_path)], "cannot read --output"),
+        (["--prompts-file", str(ok)], "needs --output"),
+        (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"], "batch size"),
+        (["--prompts-file", str(ok), "--prompt", "Hi", "--output", str(tmp_path / "o5.jsonl")], "one of --prompt"),
+    ]
+    before = {p: p.read_bytes() for p in (foreign, other)}
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(*args, dream_dir=dream_dir, rm_dir=rm_dir)
+        assert exit_info.value.code == 2, args
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("entrgi.py: error: ") and message in last, (args, last)
+    assert {p: p.read_bytes() for p in (foreign, other)} == before                    # untouched
+    assert not any((tmp_path / f"o{i}.jsonl").exists() for i in range(1, 6))
