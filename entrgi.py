@@ -79,12 +79,12 @@ def uniform(shape, generator, device):
     return torch.cat([torch.rand((n, *shape[1:]), generator=g, device=device) for g in generator])
 
 
-def top_p_sample(logits, top_p, u):
-    """x ~ softmax(logits) restricted to the nucleus: the most likely tokens until their mass
-    reaches top_p (a token stays while the mass before it is <= top_p, as in Dream).
-    logits (..., V), u (...) uniforms -> ids (...). Inverse-CDF sampling, so each row uses
-    exactly its own uniform."""
-    p, idx = torch.softmax(logits, -1).sort(-1, descending=True)        # (..., V)
+def top_p_sample(q, top_p, u):
+    """x ~ q restricted to the nucleus: the most likely tokens until their mass reaches top_p
+    (a token stays while the mass before it is <= top_p, as in Dream).
+    q (..., V) probabilities, u (...) uniforms -> ids (...). Inverse-CDF sampling, so each row
+    uses exactly its own uniform."""
+    p, idx = q.sort(-1, descending=True)                                 # (..., V)
     keep = p.cumsum(-1) - p <= top_p
     p = p * keep
     cdf = p.cumsum(-1)
@@ -118,7 +118,7 @@ def relax(logits, embedding, method, temperature, top_p, generator, x=None):
         return e_soft, torch.zeros(q.shape[:-1], device=q.device)
     with torch.no_grad():
         if x is None:
-            x = top_p_sample(logits / temperature, top_p, uniform(logits.shape[:-1], generator, logits.device))
+            x = top_p_sample(q.detach(), top_p, uniform(logits.shape[:-1], generator, logits.device))
         if method == "aps":
             w = torch.ones(q.shape[:-1], device=q.device)
         elif method == "entrgi":
@@ -161,13 +161,22 @@ def rm_chat(rm_tokenizer, prompt, response):
 SLOT = "ENTRGIRESPONSESLOT"
 
 
-def rm_slots(rm_tokenizer, prompt):
-    """RM token ids before and after the response slot of the chat template."""
-    parts = rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT)
-    if len(parts) != 2:
-        raise InputError("the reward model's chat template does not place the assistant's reply verbatim "
-                         "once in its text: use a reward model whose template does")
-    return [rm_tokenizer(s, add_special_tokens=False)["input_ids"] for s in parts]
+def rm_slots(rm_tokenizer, prompts):
+    """RM token ids before and after the response slot of the chat template, for each prompt:
+    (prefixes, suffixes), two lists of id lists."""
+    prefixes, suffixes = [], []
+    for prompt in prompts:
+        parts = rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT)
+        if len(parts) != 2:
+            raise InputError("the reward model's chat template does not place the assistant's reply verbatim "
+                             "once in its text: use a reward model whose template does")
+        prefix, suffix = (rm_tokenizer(s, add_special_tokens=False)["input_ids"] for s in parts)
+        if not suffix:
+            raise InputError("the reward model's chat template writes nothing after the reply: "
+                             "its score position would fall inside the response")
+        prefixes.append(prefix)
+        suffixes.append(suffix)
+    return prefixes, suffixes
 
 
 def left_pad(rows, pad_id, device):
@@ -182,15 +191,18 @@ def left_pad(rows, pad_id, device):
     return ids.to(device), valid.to(device)
 
 
-def attention_bias(valid, causal, dtype):
+def attention_bias(valid, causal, dtype, past=None):
     """(B, T) bool -> (B, 1, T, T) additive attention mask: 0 where query i may attend key j,
     the dtype's minimum elsewhere. Padding keys are hidden; every query also sees itself, so a
-    padding row is never fully masked (no NaN there to leak into the batch)."""
+    padding row is never fully masked (no NaN there to leak into the batch). past (B, P) bool:
+    cached keys in front (real or padding), seen by every query: the mask is then (B, 1, T, P + T)."""
     T = valid.shape[1]
     allowed = valid[:, None, None, :]                                    # (B, 1, 1, T) keys
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
+    if past is not None:
+        allowed = torch.cat([past[:, None, None, :].expand(-1, 1, T, -1), allowed], -1)
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
@@ -207,22 +219,31 @@ def rm_score(rm, x, valid):
     return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids).logits[:, 0].float()   # (N,)
 
 
-def make_reward(rm, rm_tokenizer, prompts, K):
-    """reward(e (N, L, d), valid (N, L)) -> R (N,) for N = len(prompts) * K rows, prompt-major:
-    [RM chat prefix of the prompt] + [response slot] + [template suffix]."""
+def make_reward(rm, prefixes, suffixes, K):
+    """reward(e (N, L, d), valid (N, L)) -> R (N,) for N = len(prefixes) * K rows, prompt-major:
+    [RM chat prefix of the prompt] + [response slot] + [template suffix]; prefixes and suffixes
+    are RM token id lists, one per prompt. The reward model is causal, so the prefix's keys and
+    values never depend on the response: they are computed once, here, and reused by every call."""
+    from transformers import DynamicCache
     E = rm.get_input_embeddings().weight
-    prefix, suffix = zip(*(rm_slots(rm_tokenizer, p) for p in prompts))
-    if not all(suffix):
-        raise InputError("the reward model's chat template writes nothing after the reply: "
-                         "its score position would fall inside the response")
-    pad = rm_tokenizer.pad_token_id or 0
-    (pre, pre_valid), (suf, suf_valid) = (left_pad(s, pad, E.device) for s in (prefix, suffix))
-    pre, pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre, pre_valid, suf, suf_valid))
-    e_pre, e_suf = E[pre], E[suf]                                        # (N, P, d), (N, S, d)
+    (pre, pre_valid), (suf, suf_valid) = (left_pad(rows, 0, E.device) for rows in (prefixes, suffixes))
+    with torch.no_grad():
+        cache = DynamicCache(config=rm.config)
+        rm(inputs_embeds=E[pre], attention_mask=attention_bias(pre_valid, causal=True, dtype=E.dtype),
+           position_ids=(pre_valid.cumsum(1) - 1).clamp(min=0), cache=cache, use_cache=True)
+        prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
+    pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
+    e_suf = E[suf]                                                       # (N, S, d)
+    n_pre = pre_valid.sum(1, keepdim=True)                               # (N, 1) real prefix tokens
 
     def reward(e, valid):
-        x = torch.cat([e_pre, e.to(E.dtype), e_suf], 1)
-        return rm_score(rm, x, torch.cat([pre_valid, valid, suf_valid], 1))
+        x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, L + S, d) after the cached prefix
+        valid = torch.cat([valid, suf_valid], 1)
+        bias = attention_bias(valid, causal=True, dtype=x.dtype, past=pre_valid)   # (N, 1, L + S, P + L + S)
+        position_ids = n_pre + (valid.cumsum(1) - 1).clamp(min=0)
+        # the last position is the suffix's last token, where transformers pools an inputs_embeds batch
+        return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids,
+                  cache=DynamicCache(prefix_kv), use_cache=True).logits[:, 0].float()
     return reward
 
 
@@ -243,21 +264,22 @@ def first_eos_mask(tokens, eos_ids):
     return torch.isin(tokens, eos_ids).cumsum(-1) == 0
 
 
-def guide(logits, y, masked, reward, embedding, eos_ids, cfg, generator, betas=(0.9, 0.999), eps=1e-8):
+def guide(logits, y, idx, reward, embedding, eos_ids, cfg, generator, betas=(0.9, 0.999), eps=1e-8):
     """M Adam steps on psi, the logits at the masked positions, ascending the reward.
-    logits (N, L, V) fp32; y (N, L) current tokens; masked (N, L) bool.
-    Returns the moved psi (N, L, V) and the number of trajectory updates skipped because the
+    logits (N, m, V) fp32 at the m masked positions idx (N, m) of y (N, L), the current tokens.
+    Returns the moved psi (N, m, V) and the number of trajectory updates skipped because the
     reward or its gradient was not finite (a tensor: no host synchronisation here)."""
     psi = logits.detach().clone()                                        # line 2: a copy, the dLLM stays frozen
     m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam moments, fresh at every step
     n = torch.zeros(psi.shape[0], 1, 1, dtype=psi.dtype, device=psi.device)   # Adam steps taken, per trajectory
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-    e_known = embedding[y.masked_fill(masked, 0)]                        # (N, L, d) E^R[token] where revealed
+    e_known = embedding[y.scatter(1, idx, 0)]                            # (N, L, d) E^R[token] where revealed
+    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])         # (N, m, d)
     for _ in range(cfg.M):                                               # line 3
         psi.requires_grad_(True)
-        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator)
-        e = torch.where(masked.unsqueeze(-1), e, e_known)
-        tokens = torch.where(masked, psi.detach().argmax(-1), y)         # EOS judged by argmax psi where masked
+        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator)    # (N, m, d)
+        e = e_known.scatter(1, at_idx, e)                                # the response slot (N, L, d)
+        tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # EOS judged by argmax psi where masked
         R = reward(e, first_eos_mask(tokens, eos_ids))                   # (N,)
         g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
         psi = psi.detach()
@@ -289,14 +311,16 @@ def schedule(T, L):
     return counts
 
 
-def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False):
+def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False, y0=None):
     """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories.
 
     denoiser(y (N, L)) -> (N, L, V) logits, row l predicting token l of the response.
     reward(e (N, L, d), valid (N, L)) -> (N,) reward on response-slot embeddings.
     embedding (V, d): the RM's embeddings in the dLLM's vocabulary order.
     seeds: one per prompt, rows prompt-major. cfg.method "bon" (or M = 0, or lr = 0) samples
-    unguided. Returns y (N, L) tokens and the number of skipped (non-finite) guidance updates.
+    unguided. y0 (N, L): tokens to start from, mask_id where to generate, as many in every row
+    (infilling); all masked by default.
+    Returns y (N, L) tokens and the number of skipped (non-finite) guidance updates.
     """
     device = embedding.device
     N = len(seeds) * cfg.K
@@ -304,9 +328,12 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    y = torch.full((N, L), mask_id, dtype=torch.long, device=device)
+    y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
+    n_masked = (y == mask_id).sum(1).tolist()
+    if len(set(n_masked)) != 1:
+        raise InputError("every row of y0 needs the same number of masked positions")
     skipped = torch.zeros((), dtype=torch.long, device=device)
-    counts = schedule(cfg.T, L)
+    counts = schedule(cfg.T, n_masked[0])                # tokens revealed at each step
     steps = range(cfg.T)
     if progress:
         from tqdm import tqdm
@@ -314,20 +341,23 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
     for k in steps:
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
             continue
-        masked = y == mask_id                                                # (N, L)
+        n_masked = sum(counts[k:])                       # the same in every row
+        idx = (y == mask_id).int().sort(dim=1, descending=True, stable=True).indices[:, :n_masked]   # (N, m) masked positions
         logits = denoiser(y)                                                 # line 1: (N, L, V)
+        logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (N, m, V) the masked rows
         psi = logits
         if cfg.guided:                                                       # lines 2-3
-            psi, s = guide(logits, y, masked, reward, embedding, eos_ids, cfg, gen_guide)
+            psi, s = guide(logits, y, idx, reward, embedding, eos_ids, cfg, gen_guide)
             skipped += s
-        x0 = top_p_sample(psi / cfg.temperature, cfg.top_p, uniform((N, L), gen_x, device))  # line 4
-        # line 5: confidence = -H of the unguided step distribution, EOS last, revealed never
+        q = torch.softmax(logits / cfg.temperature, -1)                      # the unguided step distribution
+        q_psi = torch.softmax(psi / cfg.temperature, -1) if cfg.guided else q
+        x0 = top_p_sample(q_psi, cfg.top_p, uniform(idx.shape, gen_x, device))   # line 4: (N, m)
+        # line 5: confidence = -H(q), EOS last
         # (Dream's generate takes this entropy after its top-p filter; the SPEC's is unfiltered)
-        confidence = -entropy(torch.softmax(logits / cfg.temperature, -1))
+        confidence = -entropy(q)
         confidence = torch.where(torch.isin(x0, eos_ids), confidence - 1e4, confidence)
-        confidence = confidence.masked_fill(~masked, -math.inf)
-        reveal = torch.zeros_like(masked).scatter(1, confidence.topk(counts[k], -1).indices, True)
-        y = torch.where(reveal, x0, y)                                       # line 6
+        reveal = confidence.topk(counts[k], -1).indices                      # (N, counts[k]) of the m
+        y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))        # line 6
     return y, skipped
 
 # -----------------------------------------------------------------------------
@@ -351,6 +381,13 @@ def pick_dtype(device, dtype):
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
+def bidirectional(model):
+    """Dream attends both ways: the masks we pass say so, and no kernel may assume causal."""
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = False
+    return model
+
+
 def load_dllm(name_or_path, device="cpu", dtype="auto"):
     """Dream (hub name or a directory laid out like Dream-v0-Instruct-7B) as transformers'
     Qwen2ForCausalLM with bidirectional attention; no trust_remote_code (SPEC §5).
@@ -372,9 +409,7 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"cannot load the dLLM from {name_or_path!r}: {err}") from None
     if tokenizer.mask_token_id is None:
         raise InputError(f"the tokenizer of {name_or_path!r} has no mask token: a masked diffusion LM needs one")
-    for layer in model.model.layers:
-        layer.self_attn.is_causal = False                # Dream attends both ways; never let a kernel assume causal
-    return model.to(device).eval().requires_grad_(False), tokenizer
+    return bidirectional(model.to(device)).eval().requires_grad_(False), tokenizer
 
 
 def load_reward_model(name_or_path, device="cpu", dtype="auto"):
@@ -412,17 +447,15 @@ def dllm_prompt_ids(tokenizer, prompt):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def make_denoiser(model, tokenizer, prompts, K, L):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits of the response positions, N = len(prompts) * K,
-    the prompts left-padded in front. The mask token itself is never proposed."""
-    rows = [dllm_prompt_ids(tokenizer, p) for p in prompts]
+def make_denoiser(model, prompts, K, L, mask_id):
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits of the response positions, N = len(prompts) * K;
+    prompts are dLLM token id lists, left-padded in front. The mask token itself is never proposed."""
     limit = model.config.max_position_embeddings
-    if max(map(len, rows)) + L > limit:
-        raise InputError(f"prompt ({max(map(len, rows))} tokens) + L ({L}) exceeds the dLLM's {limit} positions: "
+    if max(map(len, prompts)) + L > limit:
+        raise InputError(f"prompt ({max(map(len, prompts))} tokens) + L ({L}) exceeds the dLLM's {limit} positions: "
                          "shorten the prompt or lower --max-new-tokens")
-    prompt, prompt_valid = left_pad(rows, tokenizer.pad_token_id or 0, model.device)
+    prompt, prompt_valid = left_pad(prompts, 0, model.device)        # any pad id: padding is masked out
     prompt, prompt_valid = prompt.repeat_interleave(K, 0), prompt_valid.repeat_interleave(K, 0)
-    mask_id = tokenizer.mask_token_id
 
     def denoiser(y):
         ids = torch.cat([prompt, y], 1)
@@ -470,6 +503,10 @@ def parse_args(argv=None):
                    help="model weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--output", default=None, help="with --prompt: the run as JSON; with --prompts-file: JSON lines, "
                    "one a prompt, appended as each finishes; the same command again resumes")
+    p.add_argument("--benchmark", choices=list(PRESETS), help="time guided steps of randomly initialised models of a "
+                   "preset's configurations (real: Dream-7B + Skywork-Reward-V2-Qwen3-1.7B; small: for CPUs), "
+                   "at --samples, --max-new-tokens, --guidance-steps, --method; no weights needed")
+    p.add_argument("--benchmark-steps", type=int, default=3, help="denoising steps to time with --benchmark")
     return p, p.parse_args(argv)
 
 
@@ -508,8 +545,8 @@ def generate(models, prompts, seeds, cfg, progress=False):
     """K responses for each prompt, each scored on text: one result dict per prompt."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
-    denoiser = make_denoiser(dllm, tok, prompts, cfg.K, cfg.L)
-    reward = make_reward(rm, rm_tok, prompts, cfg.K)
+    denoiser = make_denoiser(dllm, [dllm_prompt_ids(tok, p) for p in prompts], cfg.K, cfg.L, tok.mask_token_id)
+    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K)
     y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress)
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite", stacklevel=2)
@@ -668,7 +705,7 @@ def run_file(args):
     models = load(args, device)
     dllm, tok = models[:2]
     for record in prompts:                               # every prompt fits, before anything is written
-        make_denoiser(dllm, tok, [record["prompt"]], 1, args.max_new_tokens)
+        make_denoiser(dllm, [dllm_prompt_ids(tok, record["prompt"])], 1, args.max_new_tokens, tok.mask_token_id)
     start, new = time.perf_counter(), 0
     mine = list(range(rank, len(prompts), world))
     for b in range(0, len(mine), args.batch_size):
@@ -705,11 +742,177 @@ def run_file(args):
 def main(argv=None):
     parser, args = parse_args(argv)
     try:
+        if args.benchmark:
+            cfg = configs(args)[0]
+            return benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M,
+                             steps=args.benchmark_steps, method=cfg.method)
         if (args.prompt is None) == (args.prompts_file is None):
             raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
         run_prompt(args) if args.prompt is not None else run_file(args)
     except InputError as err:
         parser.exit(2, f"entrgi.py: error: {err}\n")
+
+
+# -----------------------------------------------------------------------------
+# 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
+
+PRESETS = {   # (dLLM as Qwen2, reward model as Qwen3 with one label)
+    "real": (dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,       # Dream-v0-Instruct-7B
+                  num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072, rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False),
+             dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,         # Skywork-Reward-V2-
+                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,  # Qwen3-1.7B
+                  rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, num_labels=1, pad_token_id=151643)),
+    "small": (dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                   num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False),
+              dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=6,
+                   num_key_value_heads=2, head_dim=64, max_position_embeddings=4096, tie_word_embeddings=False,
+                   num_labels=1, pad_token_id=0)),
+}
+
+
+def random_models(preset, device, dtype):
+    """Randomly initialised dLLM and reward model of a preset's configurations, frozen."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen2Config, Qwen3Config
+    dllm_config, rm_config = PRESETS[preset] if isinstance(preset, str) else preset
+    torch.manual_seed(0)
+    with torch.device(device):
+        dllm = AutoModelForCausalLM.from_config(Qwen2Config(**dllm_config), dtype=dtype)
+        rm = AutoModelForSequenceClassification.from_config(Qwen3Config(**rm_config), dtype=dtype)
+    return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
+
+
+def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi"):
+    """Times `steps` guided steps of `sample` on synthetic token ids, starting with half of the L
+    positions masked (the average step of a T = L run), and splits each step into its parts.
+    The floor: the dLLM forward plus M reward-model forward/backward passes on the same shapes,
+    each timed alone. Measures; asserts nothing. Returns the figures (seconds per step)."""
+    import resource
+    from collections import defaultdict
+    dtype = pick_dtype(device, dtype)
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    dllm, rm = random_models(preset, device, dtype)
+    V, V_rm = dllm.config.vocab_size, rm.config.vocab_size
+    mask_id, eos = V - 1, [V - 2]
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, V - 2, (P,), generator=g).tolist()
+    prefix, suffix = torch.randint(0, V_rm, (P + 12,), generator=g).tolist(), torch.randint(0, V_rm, (5,), generator=g).tolist()
+    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]
+    y0 = torch.randint(0, V - 2, (K, L), generator=g)
+    y0.scatter_(1, torch.rand(K, L, generator=g).argsort(1)[:, : L // 2], mask_id)
+    y0 = y0.to(device)
+    cfg = Config(method, K, T=L // 2, L=L, M=M).check()                # one token revealed a step
+    denoiser = make_denoiser(dllm, [prompt], K, L, mask_id)
+    reward = make_reward(rm, [prefix], [suffix], K)
+
+    class Done(Exception):
+        pass
+
+    def run(n, denoise, rewarder):
+        """Seconds for n steps of the real sampler (a step-counting denoiser stops it)."""
+        calls = [0]
+
+        def counted(y):
+            calls[0] += 1
+            if calls[0] > n:
+                sync()
+                raise Done
+            return denoise(y)
+        sync()
+        start = time.perf_counter()
+        try:
+            sample(counted, rewarder, embedding, [0], L, mask_id, eos, cfg, y0=y0)
+        except Done:
+            pass
+        return time.perf_counter() - start
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    run(1, denoiser, reward)                                           # warm-up
+    total = run(steps, denoiser, reward) / steps
+
+    # the same steps again, instrumented: synchronised timers around the parts, and stamps that
+    # record when the backward pass reaches the reward's output, its input, and relax's input
+    spent, stamp = defaultdict(float), {}
+
+    class Stamp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, name):
+            ctx.name = name
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            sync()
+            stamp[ctx.name] = time.perf_counter()
+            if ctx.name == "rm_in":
+                spent["reward backward"] += stamp["rm_in"] - stamp["rm_out"]
+            if ctx.name == "relax_in":
+                spent["relaxation"] += stamp["relax_in"] - stamp["relax_out"]
+            return grad, None
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            sync()
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            if not (name == "sampling" and stamp.get("in_relax")):        # relax's own hard sample is relaxation
+                spent[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    plain_relax, plain_sample = globals()["relax"], globals()["top_p_sample"]
+
+    def relax_stamped(logits, *a, **kw):
+        stamp["in_relax"] = True
+        e, w = timed("relaxation", plain_relax)(Stamp.apply(logits, "relax_in"), *a, **kw)
+        stamp["in_relax"] = False
+        return Stamp.apply(e, "relax_out"), w
+
+    def reward_stamped(e, valid):
+        R = timed("reward forward", reward)(Stamp.apply(e, "rm_in"), valid)
+        return Stamp.apply(R, "rm_out")
+
+    globals().update(relax=relax_stamped, top_p_sample=timed("sampling", plain_sample))
+    try:
+        instrumented = run(steps, timed("denoiser", denoiser), reward_stamped) / steps
+    finally:
+        globals().update(relax=plain_relax, top_p_sample=plain_sample)
+    parts = {k: spent[k] / steps for k in ("denoiser", "reward forward", "reward backward", "relaxation", "sampling")}
+    parts["other"] = total - sum(parts.values())
+
+    # the floor: the model passes alone, on the same shapes
+    sync()
+    start = time.perf_counter()
+    with torch.no_grad():
+        denoiser(y0)
+    sync()
+    floor_dllm = time.perf_counter() - start
+    E_rm = rm.get_input_embeddings().weight
+    ids = torch.randint(0, V_rm, (K, len(prefix) + L + len(suffix)), generator=g).to(device)
+    sync()
+    start = time.perf_counter()
+    for _ in range(M):
+        x = E_rm[ids].detach().requires_grad_(True)
+        torch.autograd.grad(rm_score(rm, x, torch.ones_like(ids, dtype=torch.bool)).sum(), x)
+    sync()
+    floor = floor_dllm + time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result = {"preset": preset if isinstance(preset, str) else "custom", "device": device, "dtype": str(dtype).removeprefix("torch."),
+              "K": K, "L": L, "M": M, "P": P, "steps": steps, "method": method, "parts_s": parts, "total_s": total,
+              "instrumented_total_s": instrumented, "floor_s": floor, "floor_dllm_s": floor_dllm,
+              "ratio": total / floor, ("peak_gpu_memory_gib" if cuda else "peak_rss_gib"): peak}
+    print(f"benchmark: {result['preset']} preset, {device}, {result['dtype']}, K = {K}, L = {L} ({L // 2} masked), "
+          f"M = {M}, prompt {P} tokens, {method}, {steps} steps")
+    for name, seconds in parts.items():
+        print(f"  {name:<16} {seconds * 1e3:9.1f} ms/step")
+    print(f"  {'total':<16} {total * 1e3:9.1f} ms/step (instrumented: {instrumented * 1e3:.1f})")
+    print(f"  {'floor':<16} {floor * 1e3:9.1f} ms/step (dLLM forward {floor_dllm * 1e3:.1f} + {M} x reward forward/backward)")
+    print(f"  total / floor    {total / floor:9.2f}")
+    print(f"  peak {'GPU memory' if cuda else 'RSS'}      {peak:9.2f} GiB")
+    return result
 
 
 if __name__ == "__main__":

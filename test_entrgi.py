@@ -38,8 +38,8 @@ def run_sampler(dllm, rm, embedding, method, seeds, L=8, T=8, M=3, lr=0.5, rewar
     (model, tok), (rm_model, rm_tok) = dllm, rm
     prompts = PROMPTS[: len(seeds)]
     cfg = entrgi.Config(method=method, K=K, T=T, L=L, M=M, lr=lr)
-    denoiser = entrgi.make_denoiser(model, tok, prompts, K, L)
-    reward = reward or entrgi.make_reward(rm_model, rm_tok, prompts, K)
+    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, p) for p in prompts], K, L, tok.mask_token_id)
+    reward = reward or entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, prompts), K)
     return entrgi.sample(denoiser, reward, embedding, seeds, L, tok.mask_token_id, entrgi.end_ids(tok), cfg)
 
 # -----------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_top_p_sample_matches_the_nucleus_distribution():
     logits = torch.log(torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15]))
     n = 200_000
     u = torch.rand(n, generator=torch.Generator().manual_seed(0))
-    x = entrgi.top_p_sample(logits.expand(n, 5), 0.8, u)
+    x = entrgi.top_p_sample(torch.softmax(logits, -1).expand(n, 5), 0.8, u)
     freq = torch.bincount(x, minlength=5).double() / n
     # nucleus at 0.8: 0.4, 0.3 (mass before 0.4), 0.15 (before 0.7 <= 0.8); 0.1 starts at 0.85
     expected = torch.tensor([0, 0.4, 0, 0.3, 0.15], dtype=torch.float64) / 0.85
@@ -178,7 +178,7 @@ def test_embedding_reward_equals_text_reward_and_ignores_padding(rm):
         slot[b, len(r):] = torch.randint(0, 300, (L - len(r),))
         valid[b, : len(r)] = True
     with torch.no_grad():
-        R = entrgi.make_reward(rm_model, rm_tok, PROMPTS, K=1)(E[slot], valid)
+        R = entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, PROMPTS), K=1)(E[slot], valid)
     text = entrgi.score_texts(rm_model, rm_tok, PROMPTS, responses)
     torch.testing.assert_close(R, text, rtol=0, atol=1e-5)
 
@@ -195,26 +195,25 @@ def test_first_eos_mask():
 def test_guide_is_adam_on_the_reward():
     """With every reward finite, guide's hand-written Adam is torch.optim.Adam on -sum R."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    logits = torch.randn(3, 3, 6, generator=g, dtype=torch.float64)           # (N, m, V) at the masked positions
     E = torch.randn(6, 5, generator=g, dtype=torch.float64)
     c = torch.randn(5, generator=g, dtype=torch.float64)
     reward = lambda e, valid: (torch.tanh(e @ c) * valid).sum(-1) + e.pow(2).sum((1, 2)) * 0.1
     y = torch.tensor([[2, 0, 0, 0]] * 3)                                       # 0 = the mask id here
-    masked = y == 0
+    idx = torch.tensor([[1, 2, 3]] * 3)
     cfg = entrgi.Config(method="soft", K=3, M=4, lr=0.3, temperature=0.7)
-    psi, skipped = entrgi.guide(logits, y, masked, reward, E, torch.tensor([5]), cfg, None)
+    psi, skipped = entrgi.guide(logits, y, idx, reward, E, torch.tensor([5]), cfg, None)
     ref = logits.clone().requires_grad_(True)
     opt = torch.optim.Adam([ref], lr=0.3)
     for _ in range(4):
         e, _ = entrgi.relax(ref, E, "soft", 0.7, 0.95, None)
-        e = torch.where(masked.unsqueeze(-1), e, E[y])
-        valid = entrgi.first_eos_mask(torch.where(masked, ref.detach().argmax(-1), y), torch.tensor([5]))
+        e = torch.cat([E[y[:, :1]], e], 1)
+        valid = entrgi.first_eos_mask(torch.cat([y[:, :1], ref.detach().argmax(-1)], 1), torch.tensor([5]))
         opt.zero_grad()
         (-reward(e, valid).sum()).backward()
         opt.step()
     torch.testing.assert_close(psi, ref.detach(), rtol=1e-10, atol=1e-10)
-    assert skipped.item() == 0
-    assert torch.equal(psi[~masked], logits[~masked])                         # revealed positions untouched
+    assert skipped.item() == 0 and not torch.equal(psi, logits)
 
 
 def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
@@ -222,7 +221,7 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
     model, tok = dllm
     K, L, T, tau, top_p, seed = 3, 6, 4, 0.7, 0.95, 5
     y, _ = run_sampler(dllm, rm, embedding, "bon", [seed], L=L, T=T, K=K)
-    denoiser = entrgi.make_denoiser(model, tok, PROMPTS[:1], K, L)
+    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, PROMPTS[0])], K, L, tok.mask_token_id)
     eos, mask = entrgi.end_ids(tok), tok.mask_token_id
     gen = torch.Generator().manual_seed(seed)
     ref = torch.full((K, L), mask)
@@ -232,12 +231,10 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
         if n == 0:
             continue
         logits = denoiser(ref)
-        u = torch.rand((K, L), generator=gen)
+        u = torch.rand((K, n_masked), generator=gen)                           # one a masked position, in order
         for r in range(K):
             candidates = []
-            for l in range(L):
-                if ref[r, l] != mask:
-                    continue
+            for j, l in enumerate(l for l in range(L) if ref[r, l] == mask):
                 p = torch.softmax(logits[r, l] / tau, -1)
                 order = sorted(range(len(p)), key=lambda i: -p[i].item())
                 mass, nucleus = 0.0, []
@@ -247,7 +244,7 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
                     nucleus.append(i)
                     mass += p[i].item()
                 cdf = torch.cumsum(p[nucleus], 0)
-                x = nucleus[min(int((cdf <= u[r, l] * cdf[-1]).sum()), len(nucleus) - 1)]
+                x = nucleus[min(int((cdf <= u[r, j] * cdf[-1]).sum()), len(nucleus) - 1)]
                 nz = p[p > 0]
                 confidence = (nz * nz.log()).sum().item()
                 candidates.append((x in eos, -confidence, l, x))
@@ -313,7 +310,7 @@ def test_guidance_raises_the_reward(dllm, rm, embedding):
 
 def test_non_finite_reward_skips_the_update(dllm, rm, embedding):
     (model, tok), (rm_model, rm_tok) = dllm, rm
-    real = entrgi.make_reward(rm_model, rm_tok, PROMPTS[:1], 4)
+    real = entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, PROMPTS[:1]), 4)
     nan_row0 = lambda e, valid: real(e, valid) * torch.tensor([math.nan, 1.0, 1.0, 1.0])
     y, skipped = run_sampler(dllm, rm, embedding, "entrgi", [9], reward=nan_row0)
     bon, _ = run_sampler(dllm, rm, embedding, "bon", [9])
@@ -409,3 +406,32 @@ def test_cli_cuda_without_cuda_exits_2_without_traceback(dream_dir, rm_dir):
     p = cli("--prompt", "Hello", "--device", "cuda", dream_dir=dream_dir, rm_dir=rm_dir)
     assert p.returncode == 2
     assert "CUDA is not available here: use --device cpu" in p.stderr and "Traceback" not in p.stderr
+
+# -----------------------------------------------------------------------------
+# the benchmark
+
+
+def test_real_preset_is_the_papers_models():
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen2Config, Qwen3Config
+    dllm_config, rm_config = entrgi.PRESETS["real"]
+    with torch.device("meta"):
+        dllm = AutoModelForCausalLM.from_config(Qwen2Config(**dllm_config))
+        rm = AutoModelForSequenceClassification.from_config(Qwen3Config(**rm_config))
+    assert round(sum(p.numel() for p in dllm.parameters()) / 1e9, 2) == 7.62     # Dream-v0-Instruct-7B
+    assert round(sum(p.numel() for p in rm.parameters()) / 1e9, 2) == 1.72       # Qwen3-1.7B, one label
+
+
+def test_benchmark_measures_every_part(capsys):
+    tiny = (dict(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=256),
+            dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16, max_position_embeddings=256, num_labels=1, pad_token_id=0))
+    relax, top_p_sample = entrgi.relax, entrgi.top_p_sample
+    result = entrgi.benchmark(tiny, "cpu", "float32", K=2, L=16, M=2, P=8, steps=2)
+    assert entrgi.relax is relax and entrgi.top_p_sample is top_p_sample          # instrumentation undone
+    parts = result["parts_s"]
+    assert all(parts[k] > 0 for k in ("denoiser", "reward forward", "reward backward", "relaxation", "sampling"))
+    assert sum(parts.values()) == pytest.approx(result["total_s"])
+    assert result["ratio"] == pytest.approx(result["total_s"] / result["floor_s"]) and result["floor_dllm_s"] > 0
+    printed = capsys.readouterr().out
+    assert "total / floor" in printed and "reward backward" in printed
