@@ -45,7 +45,7 @@ class Config:
     L: int = 128               # new tokens
     M: int = 3                 # Adam steps on psi per denoising step
     lr: float = 0.5            # eta, Adam's learning rate (project README; the scripts default to 1.0)
-    temperature: float = 0.7  # tau
+    temperature: float = 0.7   # tau
     top_p: float = 0.95
     seed: int = 0
 
@@ -253,7 +253,7 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
     rows = [rm_tokenizer(rm_chat(rm_tokenizer, p, r), add_special_tokens=False)["input_ids"]
             for p, r in zip(prompts, responses)]
     E = rm.get_input_embeddings().weight
-    ids, valid = left_pad(rows, rm_tokenizer.pad_token_id or 0, E.device)
+    ids, valid = left_pad(rows, 0, E.device)                            # any pad id: padding is masked out
     return rm_score(rm, E[ids], valid)
 
 # -----------------------------------------------------------------------------
@@ -329,11 +329,11 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    n_masked = (y == mask_id).sum(1).tolist()
-    if len(set(n_masked)) != 1:
+    masked_per_row = set((y == mask_id).sum(1).tolist())
+    if len(masked_per_row) != 1:
         raise InputError("every row of y0 needs the same number of masked positions")
     skipped = torch.zeros((), dtype=torch.long, device=device)
-    counts = schedule(cfg.T, n_masked[0])                # tokens revealed at each step
+    counts = schedule(cfg.T, masked_per_row.pop())       # tokens revealed at each step
     steps = range(cfg.T)
     if progress:
         from tqdm import tqdm
@@ -424,6 +424,9 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"cannot load the reward model from {name_or_path!r}: {err}") from None
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
+    if model.config.num_labels != 1:
+        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} output labels: "
+                         "a reward model gives one score")
     # rm_score packs padding to the left, so transformers' warning that it cannot find padding in
     # inputs_embeds (it pools at the last position) does not apply
     logging.getLogger("transformers.modeling_layers").addFilter(lambda record: "inputs_embeds" not in record.getMessage())
@@ -527,7 +530,9 @@ def settings(args):
 def pick_device(device):
     local = os.environ.get("LOCAL_RANK")                 # torchrun: one GPU a process
     if device is None:
-        device = ("cuda" if local is None else f"cuda:{local}") if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and local is not None:
+        device = f"cuda:{local}"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but CUDA is not available here: use --device cpu")
     return device
@@ -716,7 +721,9 @@ def run_file(args):
                 continue
             results = generate(models, [prompts[i]["prompt"] for i in todo], [cfg.seed + i for i in todo], cfg)
             for i, result in zip(todo, results):
-                append_line(args.output, {"index": i, **prompts[i], **result, "settings": run_settings})
+                line = {"index": i, **prompts[i]}
+                line.update(index=i, **result, settings=run_settings)   # ours win over same-named fields of the file
+                append_line(args.output, line)
                 print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}",
                       file=sys.stderr)
                 new += 1
@@ -743,6 +750,8 @@ def main(argv=None):
     parser, args = parse_args(argv)
     try:
         if args.benchmark:
+            if args.method == "all" or args.benchmark_steps < 1:
+                raise InputError("--benchmark times one method (not all) over at least one step")
             cfg = configs(args)[0]
             return benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M,
                              steps=args.benchmark_steps, method=cfg.method)
