@@ -260,7 +260,8 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
 # 3. The guided step (SPEC §3; Algorithm 1, lines 2-3)
 
 def first_eos_mask(tokens, eos_ids):
-    """(N, L) -> (N, L) bool: True before the first end token (the response the RM reads)."""
+    """(N, L) -> (N, L) bool: True before the first end token (the response the RM reads). The end
+    token is left out as well: the RM's template suffix closes the turn, as when scoring text."""
     return torch.isin(tokens, eos_ids).cumsum(-1) == 0
 
 
