@@ -732,17 +732,22 @@ def run_file(args):
         counts = torch.tensor([new], device=device)      # NCCL reduces CUDA tensors, gloo CPU ones
         dist.all_reduce(counts)
         new = int(counts.item())
+    if rank == 0:
+        summarize(args, len(prompts), new, time.perf_counter() - start)
+    if world > 1:
+        dist.barrier()                                   # no rank leaves while another still talks to it
         dist.destroy_process_group()
-    if rank != 0:
-        return
-    seconds = time.perf_counter() - start
+
+
+def summarize(args, n_prompts, new, seconds):
+    """The table of every result in the output so far: printed, and appended as a summary line."""
     with open(args.output, encoding="utf-8") as f:
         results = [r for r in map(json.loads, f) if "summary" not in r]
     table = method_table(results)
-    summary = {"prompts": len(prompts), "results": len(results), "new_results": new,
-               "seconds_per_result": seconds / new if new else None, "settings": run_settings, "table": table}
+    summary = {"prompts": n_prompts, "results": len(results), "new_results": new,
+               "seconds_per_result": seconds / new if new else None, "settings": settings(args), "table": table}
     append_line(args.output, {"summary": summary})
-    print(f"{len(results)} results for {len(prompts)} prompts in {args.output}; this run: {new} new"
+    print(f"{len(results)} results for {n_prompts} prompts in {args.output}; this run: {new} new"
           + (f", {seconds / new:.2f} s each" if new else ""))
     print_table(table, args.samples)
 
