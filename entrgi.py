@@ -206,17 +206,18 @@ def attention_bias(valid, causal, dtype, past=None):
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def rm_score(rm, x, valid):
-    """R for reward-model input embeddings x (N, T, d); valid (N, T) marks real positions,
-    anywhere in the row. The real positions are packed to the right, order kept: transformers
-    pools an inputs_embeds batch at the last position, which is then each row's last real token,
-    and position ids count real tokens only, so padding changes no score."""
-    order = valid.int().sort(dim=1, stable=True).indices                    # padding first, then real tokens in order
-    x = x.gather(1, order.unsqueeze(-1).expand_as(x))
-    valid = valid.gather(1, order)
-    position_ids = (valid.cumsum(1) - 1).clamp(min=0)
-    bias = attention_bias(valid, causal=True, dtype=x.dtype)
-    return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids).logits[:, 0].float()   # (N,)
+def rm_score(rm, x, valid, past_valid=None, past_kv=None):
+    """R for reward-model input embeddings x (N, T, d) with valid (N, T) marking real positions:
+    padding may sit anywhere but at the last position, where transformers pools an inputs_embeds
+    batch. Position ids count real tokens only, so padding changes no score. past_valid (N, P)
+    and past_kv (per layer: keys, values): a cached prefix in front of x."""
+    from transformers import DynamicCache
+    start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
+    position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
+    bias = attention_bias(valid, causal=True, dtype=x.dtype, past=past_valid)
+    cache = None if past_kv is None else DynamicCache(past_kv)
+    return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids, cache=cache,
+              use_cache=cache is not None).logits[:, 0].float()           # (N,)
 
 
 def make_reward(rm, prefixes, suffixes, K):
@@ -233,17 +234,11 @@ def make_reward(rm, prefixes, suffixes, K):
            position_ids=(pre_valid.cumsum(1) - 1).clamp(min=0), cache=cache, use_cache=True)
         prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
     pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
-    e_suf = E[suf]                                                       # (N, S, d)
-    n_pre = pre_valid.sum(1, keepdim=True)                               # (N, 1) real prefix tokens
+    e_suf = E[suf]                                                       # (N, S, d), its last token real
 
     def reward(e, valid):
         x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, L + S, d) after the cached prefix
-        valid = torch.cat([valid, suf_valid], 1)
-        bias = attention_bias(valid, causal=True, dtype=x.dtype, past=pre_valid)   # (N, 1, L + S, P + L + S)
-        position_ids = n_pre + (valid.cumsum(1) - 1).clamp(min=0)
-        # the last position is the suffix's last token, where transformers pools an inputs_embeds batch
-        return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids,
-                  cache=DynamicCache(prefix_kv), use_cache=True).logits[:, 0].float()
+        return rm_score(rm, x, torch.cat([valid, suf_valid], 1), pre_valid, prefix_kv)
     return reward
 
 
@@ -254,7 +249,7 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
             for p, r in zip(prompts, responses)]
     E = rm.get_input_embeddings().weight
     ids, valid = left_pad(rows, 0, E.device)                            # any pad id: padding is masked out
-    return rm_score(rm, E[ids], valid)
+    return rm_score(rm, E[ids], valid)                                   # left-padded: the last position is real
 
 # -----------------------------------------------------------------------------
 # 3. The guided step (SPEC §3; Algorithm 1, lines 2-3)
@@ -428,8 +423,8 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     if model.config.num_labels != 1:
         raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} output labels: "
                          "a reward model gives one score")
-    # rm_score packs padding to the left, so transformers' warning that it cannot find padding in
-    # inputs_embeds (it pools at the last position) does not apply
+    # rm_score keeps a real token at the last position, so transformers' warning that it cannot find
+    # padding in inputs_embeds (it pools at the last position) does not apply
     logging.getLogger("transformers.modeling_layers").addFilter(lambda record: "inputs_embeds" not in record.getMessage())
     return model.to(device).eval().requires_grad_(False), tokenizer
 
@@ -451,13 +446,18 @@ def dllm_prompt_ids(tokenizer, prompt):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def check_fits(model, prompts, L):
+    """Every prompt (dLLM token id lists) plus L new tokens fits the dLLM's positions."""
+    limit, longest = model.config.max_position_embeddings, max(map(len, prompts))
+    if longest + L > limit:
+        raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {limit} positions: "
+                         "shorten the prompt or lower --max-new-tokens")
+
+
 def make_denoiser(model, prompts, K, L, mask_id):
     """denoiser(y (N, L)) -> (N, L, V) fp32 logits of the response positions, N = len(prompts) * K;
     prompts are dLLM token id lists, left-padded in front. The mask token itself is never proposed."""
-    limit = model.config.max_position_embeddings
-    if max(map(len, prompts)) + L > limit:
-        raise InputError(f"prompt ({max(map(len, prompts))} tokens) + L ({L}) exceeds the dLLM's {limit} positions: "
-                         "shorten the prompt or lower --max-new-tokens")
+    check_fits(model, prompts, L)
     prompt, prompt_valid = left_pad(prompts, 0, model.device)        # any pad id: padding is masked out
     prompt, prompt_valid = prompt.repeat_interleave(K, 0), prompt_valid.repeat_interleave(K, 0)
 
@@ -710,8 +710,7 @@ def run_file(args):
         dist.barrier()
     models = load(args, device)
     dllm, tok = models[:2]
-    for record in prompts:                               # every prompt fits, before anything is written
-        make_denoiser(dllm, [dllm_prompt_ids(tok, record["prompt"])], 1, args.max_new_tokens, tok.mask_token_id)
+    check_fits(dllm, [dllm_prompt_ids(tok, r["prompt"]) for r in prompts], args.max_new_tokens)   # before any write
     start, new = time.perf_counter(), 0
     mine = list(range(rank, len(prompts), world))
     for b in range(0, len(mine), args.batch_size):
