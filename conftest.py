@@ -1,10 +1,16 @@
 """Small checkpoints built in the test session, laid out as the hub lays out the real ones:
-a Dream-v0-Instruct-7B-style dLLM (random Qwen2 weights, model_type "Dream", a byte-level BPE
-tokenizer named "DreamTokenizer" with a mask token) and a Qwen3ForSequenceClassification
-reward model whose tokenizer has a different but overlapping vocabulary."""
+- a Dream-v0-Instruct-7B-style dLLM (random Qwen2 weights, model_type "Dream", a byte-level BPE
+  tokenizer named "DreamTokenizer" with a mask token);
+- a LLaDA-8B-Instruct-style dLLM (LLaDA's config keys and weight names, random weights, a fast
+  tokenizer with LLaDA's special tokens and chat template, no mask token declared);
+- a Qwen3ForSequenceClassification reward model whose tokenizer has a different but overlapping
+  vocabulary;
+- where ../shared/tokenizers exists: Dream and Skywork-Reward-V2 models of the real vocabulary
+  sizes, random and tiny otherwise, saved beside the real tokenizers."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -96,3 +102,95 @@ def dream_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rm_dir(tmp_path_factory):
     return str(build_reward_model(tmp_path_factory.mktemp("rm")))
+
+
+LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>"]
+LLADA_CHAT = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+              "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+              "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def build_llada(path, layers=2, d=64, heads=4, mlp=96, seed=2):
+    """A random LLaDA checkpoint: config.json with LLaDA's (OLMo-style) keys, weights under LLaDA's own
+    names (safetensors), a fast tokenizer whose config names bos and eos but not the mask token."""
+    from safetensors.torch import save_file
+    from transformers import PreTrainedTokenizerFast
+    os.makedirs(path, exist_ok=True)
+    bpe = train_bpe(CORPUS_A, 300)
+    bpe.add_special_tokens(LLADA_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
+    tok.chat_template = LLADA_CHAT
+    tok.save_pretrained(path)
+    ids = {s: tok.convert_tokens_to_ids(s) for s in LLADA_SPECIALS}
+    rows = (len(tok) + 63) // 64 * 64                            # embedding_size may exceed the tokenizer
+    config = {"model_type": "llada", "architectures": ["LLaDAModelLM"],
+              "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},
+              "d_model": d, "n_heads": heads, "n_kv_heads": heads, "n_layers": layers, "mlp_hidden_size": mlp,
+              "mlp_ratio": 4, "vocab_size": rows, "embedding_size": rows, "rope": True, "rope_theta": 500000.0,
+              "rope_full_precision": True, "rms_norm_eps": 1e-05, "max_sequence_length": 256, "weight_tying": False,
+              "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "include_bias": False,
+              "alibi": False, "scale_logits": False, "clip_qkv": None, "attention_layer_norm": False,
+              "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0, "init_fn": "mitchell",
+              "init_std": 0.02, "flash_attention": False, "use_cache": False, "precision": "amp_bf16",
+              "mask_token_id": ids["<|mdm_mask|>"], "eos_token_id": ids["<|endoftext|>"],
+              "pad_token_id": ids["<|endoftext|>"], "torch_dtype": "bfloat16", "transformers_version": "4.46.3"}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    g = torch.Generator().manual_seed(seed)
+    w = lambda *shape, scale=0.08: torch.randn(*shape, generator=g) * scale
+    weights = {"model.transformer.wte.weight": w(rows, d, scale=1.0), "model.transformer.ln_f.weight": 1 + w(d),
+               "model.transformer.ff_out.weight": w(rows, d, scale=0.3)}
+    for i in range(layers):
+        b = f"model.transformer.blocks.{i}."
+        weights.update({b + "attn_norm.weight": 1 + w(d), b + "ff_norm.weight": 1 + w(d), b + "q_proj.weight": w(d, d),
+                        b + "k_proj.weight": w(d, d), b + "v_proj.weight": w(d, d), b + "attn_out.weight": w(d, d),
+                        b + "ff_proj.weight": w(mlp, d), b + "up_proj.weight": w(mlp, d), b + "ff_out.weight": w(d, mlp)})
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def llada_dir(tmp_path_factory):
+    return str(build_llada(tmp_path_factory.mktemp("llada")))
+
+
+REAL_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tokenizers")
+
+
+@pytest.fixture(scope="session")
+def real_tokenizers():
+    """The real tokenizers' folders (Dream-v0-Instruct-7B, Skywork-Reward-V2-Qwen3-1.7B), or a skip."""
+    dream, skywork = (os.path.join(REAL_TOKENIZERS, n) for n in ("dream-v0-instruct-7b", "skywork-reward-v2-qwen3-1.7b"))
+    if not (os.path.isdir(dream) and os.path.isdir(skywork)):
+        pytest.skip(f"the real tokenizers are not in {REAL_TOKENIZERS} (they come with the project's shared folder, "
+                    "not with the repository)")
+    return dream, skywork
+
+
+@pytest.fixture(scope="session")
+def real_vocab_dirs(real_tokenizers, tmp_path_factory):
+    """Tiny random models with the real vocabulary sizes (Dream 152064 rows, Skywork 151936) saved beside
+    the real tokenizers, with the real models' special token ids in their configs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
+    dream, skywork = (str(tmp_path_factory.mktemp(n)) for n in ("dream_real", "skywork_real"))
+    for src, dst in zip(real_tokenizers, (dream, skywork)):
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    torch.manual_seed(3)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=152064, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                                         tie_word_embeddings=False))
+    model.save_pretrained(dream)
+    with open(os.path.join(dream, "config.json")) as f:
+        raw = json.load(f)
+    raw.update(model_type="Dream", architectures=["DreamModel"], mask_token_id=151666, pad_token_id=151643,
+               bos_token_id=151643, eos_token_id=151643)
+    with open(os.path.join(dream, "config.json"), "w") as f:
+        json.dump(raw, f)
+    rm = Qwen3ForSequenceClassification(Qwen3Config(vocab_size=151936, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                    head_dim=16, max_position_embeddings=512, num_labels=1,
+                                                    pad_token_id=151643, tie_word_embeddings=False))
+    with torch.no_grad():
+        rm.score.weight.normal_(0, 1.0)
+    rm.save_pretrained(skywork)
+    return dream, skywork

@@ -149,7 +149,7 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
         (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")], "line 2 has no prompt"),
         (["--prompts-file", str(ok), "--output", str(foreign)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
-        (["--prompts-file", str(ok), "--output", str(tmp_path)], "cannot read --output"),
+        (["--prompts-file", str(ok), "--output", str(tmp_path)], "is a folder"),
         (["--prompts-file", str(ok)], "needs --output"),
         (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"], "batch size"),
         (["--prompts-file", str(ok), "--prompt", "Hi", "--output", str(tmp_path / "o5.jsonl")], "one of --prompt"),

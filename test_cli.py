@@ -1,0 +1,242 @@
+"""The command line: end to end on the small checkpoints (conftest.py), every bad input ending in one
+line and exit status 2, Ctrl-C, and the --trace page."""
+
+import html
+import html.parser
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import entrgi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SMALL = ["--samples", "2", "--steps", "4", "--max-new-tokens", "8", "--device", "cpu"]
+
+
+def lines(path):
+    """An --output file's result lines and its summaries."""
+    records = [json.loads(line) for line in open(path, encoding="utf-8")]
+    return [r for r in records if "summary" not in r], [r["summary"] for r in records if "summary" in r]
+
+
+def cli(*args, dream_dir, rm_dir, timeout=300):
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_cli_end_to_end(dream_dir, rm_dir, tmp_path):
+    out = tmp_path / "run.jsonl"
+    p = cli("--prompt", "Write a poem about the sea", "--samples", "3", "--steps", "6", "--max-new-tokens", "8",
+            "--device", "cpu", "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert p.returncode == 0, p.stderr
+    [result], [summary] = lines(out)
+    R = [r["reward"] for r in result["responses"]]
+    assert len(R) == 3 and result["method"] == "entrgi" and result["prompt"] == "Write a poem about the sea"
+    assert result["top1_reward"] == max(R) and result["avg_reward"] == pytest.approx(sum(R) / 3)
+    assert result["best_response"] == result["responses"][R.index(max(R))]["text"]
+    assert result["settings"]["K"] == 3 and result["settings"]["T"] == 6 and result["settings"]["L"] == 8
+    assert summary["table"]["entrgi"]["top1_reward"] == max(R) and summary["new_results"] == 1
+    assert f"Top@1 {max(R):.4f}" in p.stderr and "Avg@3" in p.stdout and "trajectory 2: reward" in p.stdout
+    assert "denoising" in p.stderr and "Traceback" not in p.stderr
+    again = cli("--prompt", "Write a poem about the sea", "--samples", "3", "--steps", "6", "--max-new-tokens", "8",
+                "--device", "cpu", "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert again.returncode == 0 and lines(out)[0] == [result] and lines(out)[1][-1]["new_results"] == 0   # resumed
+
+
+def test_cli_entropy_from_model_runs_and_is_recorded(dream_dir, rm_dir, tmp_path):
+    runs = {}
+    for source in ("sampling", "model"):
+        out = tmp_path / f"{source}.jsonl"
+        p = cli("--prompt", "Hello", *SMALL, "--entropy-from", source, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+        assert p.returncode == 0, p.stderr
+        [runs[source]], _ = lines(out)
+        assert runs[source]["settings"]["entropy_from"] == source
+    assert [r["text"] for r in runs["sampling"]["responses"]] != [r["text"] for r in runs["model"]["responses"]]
+
+
+@pytest.fixture(scope="module")
+def broken_dirs(dream_dir, rm_dir, tmp_path_factory):
+    """A Dream checkpoint whose tokenizer has no mask token, a reward model without a chat template."""
+    root = tmp_path_factory.mktemp("broken")
+    no_mask, no_template = str(root / "no_mask"), str(root / "no_template")
+    shutil.copytree(dream_dir, no_mask)
+    shutil.copytree(rm_dir, no_template)
+    os.remove(os.path.join(no_template, "chat_template.jinja"))      # where transformers 5 saves it
+    config_file = os.path.join(no_mask, "tokenizer_config.json")
+    with open(config_file) as f:
+        config = json.load(f)
+    del config["mask_token"]
+    config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items() if v["content"] != "<|mask|>"}
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    return no_mask, no_template
+
+
+BAD = [   # (arguments, what the one line says); all checked before any model is loaded but the last five
+    (["--prompt", "  "], "prompt is empty"),
+    (["--samples", "0"], "K must be at least 1"),
+    (["--steps", "0"], "T must be at least 1"),
+    (["--max-new-tokens", "0"], "L must be at least 1"),
+    (["--guidance-steps", "-1"], "M must be at least 0"),
+    (["--lr", "-0.5"], "eta must be finite and >= 0"),
+    (["--lr", "nan"], "eta must be finite and >= 0"),
+    (["--lr", "inf"], "eta must be finite and >= 0"),
+    (["--temperature", "0"], "tau must lie in [0.001, 1000]"),
+    (["--temperature", "inf"], "tau must lie in [0.001, 1000]"),
+    (["--temperature", "nan"], "tau must lie in [0.001, 1000]"),
+    (["--top-p", "0"], "top-p must lie in (0, 1]"),
+    (["--top-p", "1.5"], "top-p must lie in (0, 1]"),
+    (["--top-p", "nan"], "top-p must lie in (0, 1]"),
+    (["--seed", "99999999999999999999"], "the seed must lie in [0, 2**63)"),
+    (["--seed", "-1"], "the seed must lie in [0, 2**63)"),
+    (["--block-length", "3"], "the block length B = 3 must divide L = 4"),
+    (["--block-length", "0"], "the block length B = 0 must divide L = 4"),
+    (["--block-length", "1", "--steps", "6"], "L / B must divide T"),
+    (["--method", "greedy"], "unknown method 'greedy'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "meta"], "device 'meta' is not supported"),
+    (["--output", "/nonexistent/dir/out.json"], "its folder does not exist"),
+    (["--trace", "/nonexistent/dir/t.html"], "its folder does not exist"),
+    (["--dllm", "/nonexistent/dream"], "cannot use model '/nonexistent/dream'"),
+    (["--reward-model", "no-such-org/no-such-model"], "may be offline"),
+    (["--max-new-tokens", "300", "--steps", "300"], "exceeds the dLLM's 256 positions"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_cli_bad_input_exits_2(args, message, dream_dir, rm_dir, capsys):
+    argv = ["--prompt", "Hello", "--dllm", dream_dir, "--reward-model", rm_dir, "--steps", "2",
+            "--max-new-tokens", "4", "--device", "cpu", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]                      # loading may print progress bars before
+    assert last.startswith("entrgi.py: error: ") and message in last and "Traceback" not in err
+
+
+def test_cli_folders_named_as_outputs_exit_2_before_loading(dream_dir, rm_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(entrgi, "load_dllm", lambda *a: pytest.fail("a model was loaded"))
+    for flag in ("--output", "--trace"):
+        with pytest.raises(SystemExit) as exit_info:
+            entrgi.main(["--prompt", "Hi", "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL, flag, str(tmp_path)])
+        assert exit_info.value.code == 2 and f"{flag} '{tmp_path}': it is a folder" in capsys.readouterr().err
+
+
+def test_cli_bad_models_exit_2(broken_dirs, dream_dir, rm_dir, capsys):
+    no_mask, no_template = broken_dirs
+    for dllm_dir, reward_dir, message in ((no_mask, rm_dir, "has no mask token"),
+                                          (dream_dir, no_template, "has no chat template"),
+                                          (dream_dir, dream_dir, "is no sequence-classification reward model"),
+                                          (rm_dir, rm_dir, "is no Dream or LLaDA diffusion LM: its config.json has "
+                                                           "model_type 'qwen3'")):
+        with pytest.raises(SystemExit) as exit_info:
+            entrgi.main(["--prompt", "Hello", "--dllm", dllm_dir, "--reward-model", reward_dir, "--device", "cpu"])
+        assert exit_info.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("entrgi.py: error: ") and message in last
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cli_cuda_without_cuda_exits_2_without_traceback(dream_dir, rm_dir):
+    p = cli("--prompt", "Hello", "--device", "cuda", dream_dir=dream_dir, rm_dir=rm_dir)
+    assert p.returncode == 2
+    assert "CUDA is not available here: use --device cpu" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130_and_leaves_whole_lines(dream_dir, rm_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(["Hello", "Write a poem", "Why?"] * 6) + "\n")
+    out = tmp_path / "o.jsonl"
+    args = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir,
+            "--prompts-file", str(prompts), "--output", str(out), "--steps", "16", "--max-new-tokens", "16",
+            "--samples", "2", "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130
+    assert err.strip().splitlines()[-1] == "entrgi.py: interrupted" and "Traceback" not in err
+    text = out.read_text()
+    assert text.endswith("\n") and all(json.loads(line)["prompt"] for line in text.splitlines())
+    assert subprocess.run(args, capture_output=True, env=env, timeout=300).returncode == 0     # and it resumes
+    assert sum(1 for l in out.read_text().splitlines() if '"summary"' not in l[:12]) == 18
+
+# -----------------------------------------------------------------------------
+# --trace: the denoising as a page
+
+
+class Page(html.parser.HTMLParser):
+    """The page's tags, the attributes that could load anything, and each trajectory's token spans."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.tags, self.loads, self.trajectories, self._span = [], [], [], None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        attrs = dict(attrs)
+        self.loads += [(tag, k) for k in attrs if k in ("src", "href", "action", "srcset", "poster", "data")]
+        if tag == "div" and attrs.get("class") == "t":
+            self.trajectories.append([])
+        if tag == "span" and "data-k" in attrs:
+            self._span = {"step": int(attrs["data-k"]), "classes": attrs.get("class", "").split(), "text": ""}
+            self.trajectories[-1].append(self._span)
+
+    def handle_endtag(self, tag):
+        self._span = None if tag == "span" else self._span
+
+    def handle_data(self, data):
+        if self._span is not None:
+            self._span["text"] += data
+
+
+PROMPT = "Hello <script>alert('x')</script> & <b>friends</b>"
+
+
+@pytest.fixture(scope="module")
+def traced(dream_dir, rm_dir, tmp_path_factory):
+    """--method all with --trace, run twice with the same seed."""
+    root = tmp_path_factory.mktemp("trace")
+    pages = []
+    for i in range(2):
+        p = cli("--prompt", PROMPT, *SMALL, "--steps", "8", "--method", "all", "--trace", str(root / f"t{i}.html"),
+                "--output", str(root / f"r{i}.jsonl"), dream_dir=dream_dir, rm_dir=rm_dir)
+        assert p.returncode == 0, p.stderr
+        pages.append((root / f"t{i}.html").read_text(encoding="utf-8"))
+    return pages, lines(root / "r0.jsonl")[0]
+
+
+def test_trace_page_ends_where_the_run_ends(traced):
+    (page, _), run = traced
+    trajectories = Page(page).trajectories
+    responses = [r for result in run for r in result["responses"]]                      # methods side by side, in order
+    assert [r["method"] for r in run] == list(entrgi.METHODS) and len(trajectories) == len(responses) == 8
+    steps = [k for k, c in enumerate(entrgi.schedule(8, 8)) if c]
+    assert f"const steps = {steps}," in page
+    for spans, response in zip(trajectories, responses):
+        assert len(spans) == 8 and all(s["step"] in steps for s in spans)            # every position revealed once
+        assert "".join(s["text"] for s in spans if "e" not in s["classes"]) == response["text"]
+    assert sum("c" in s["classes"] for spans in trajectories[6:] for s in spans) > 0   # entrgi: guidance moved tokens
+
+
+def test_trace_page_escapes_text_loads_nothing_and_repeats(traced):
+    (page, again), _ = traced
+    assert page == again                                                       # the same seed, the same page
+    parsed = Page(page)
+    assert parsed.tags.count("script") == 1 and "b" not in parsed.tags      # the prompt's tags are text
+    assert "<script>alert" not in page and "<b>" not in page and parsed.loads == []
+    assert html.escape(PROMPT) in page
+    assert not re.search(r"https?:|//[a-z]|url\(|@import|<link|<iframe|<img", page, re.I)
