@@ -104,7 +104,7 @@ def rm_dir(tmp_path_factory):
     return str(build_reward_model(tmp_path_factory.mktemp("rm")))
 
 
-LLADA_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>"]
+LLADA_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>"]
 LLADA_CHAT = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
@@ -117,11 +117,11 @@ def build_llada(path, layers=2, d=64, heads=4, mlp=96, seed=2):
     from transformers import PreTrainedTokenizerFast
     os.makedirs(path, exist_ok=True)
     bpe = train_bpe(CORPUS_A, 300)
-    bpe.add_special_tokens(LLADA_SPECIALS)
+    bpe.add_special_tokens(LLADA_TOKENS)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|startoftext|>", eos_token="<|endoftext|>")
     tok.chat_template = LLADA_CHAT
     tok.save_pretrained(path)
-    ids = {s: tok.convert_tokens_to_ids(s) for s in LLADA_SPECIALS}
+    ids = {s: tok.convert_tokens_to_ids(s) for s in LLADA_TOKENS}
     rows = (len(tok) + 63) // 64 * 64                            # embedding_size may exceed the tokenizer
     config = {"model_type": "llada", "architectures": ["LLaDAModelLM"],
               "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},

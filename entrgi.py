@@ -546,13 +546,13 @@ def trace_page(prompt, run_settings, runs, traces, tokenizer):
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)        # one pass: no text is read twice
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EntRGi denoising trace</title><style>
-body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .m { color: transparent; background: #e4e4e4 }
+body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .m { color: transparent !important; background: #e4e4e4 }
 #bar { position: sticky; top: 0; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc } .new { background: #ffd95a }
-#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(24em, 1fr)); gap: 1em } .c { text-decoration: underline wavy red }
+#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(24em, 1fr)); gap: 1em } .c:not(.m) { text-decoration: underline wavy red }
 .t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace } .e { color: #bbb }
 </style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT<br><small>SETTINGS</small></p>
 <div id="bar"><button id="prev">&lt;</button> <input id="k" type="range" min="0"> <button id="next">&gt;</button> <span id="at"></span>
-<br><small><span class="m">masked</span>, <span class="new">revealed now</span>, <span class="c">not the unguided model's most likely
+<br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided model's most likely
 token</span>, <span class="e">&middot;</span> after the end</small></div><div id="runs">RUNS</div><script>
 const steps = STEPS, k = document.getElementById("k"), spans = document.querySelectorAll("span[data-k]");
 function show(i) {
@@ -741,9 +741,10 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     dtype, cuda, (kind, dllm_fields, rm_fields) = pick_dtype(device, dtype), torch.device(device).type == "cuda", PRESETS[preset]
     torch.manual_seed(0)
     with torch.device(device):                           # random weights, `layers` layers each where asked
-        n = {"num_hidden_layers": layers} if layers else {}
-        dllm = bidirectional(tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **n}), dtype=dtype))
-        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **n}), dtype=dtype)
+        depth = {"num_hidden_layers": layers} if layers else {}
+        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), dtype=dtype)
+        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}), dtype=dtype)
+    dllm, rm = bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
     V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator().manual_seed(0)
     prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
     embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
@@ -762,7 +763,6 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     before = torch.cuda.memory_allocated() / 2**30 if cuda else status("VmRSS:") if linux else 0
     step()
     peak = torch.cuda.max_memory_allocated() / 2**30 - before if cuda else status("VmHWM:") - before if linux else None
-
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def timed(fn):

@@ -449,8 +449,14 @@ def test_presets_are_the_papers_models():
     assert sizes == {"real": [7.62, 1.72], "llada": [8.02, 1.72]}   # Dream-v0-Instruct-7B, LLaDA-8B, Qwen3-1.7B + 1 label
 
 
-def test_benchmark_measures_the_step_and_its_floor(capsys):
+def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
+    models = []
+    make_denoiser, make_reward = entrgi.make_denoiser, entrgi.make_reward
+    monkeypatch.setattr(entrgi, "make_denoiser", lambda model, *a: models.append(model) or make_denoiser(model, *a))
+    monkeypatch.setattr(entrgi, "make_reward", lambda model, *a: models.append(model) or make_reward(model, *a))
     result = entrgi.benchmark("tiny", "cpu", "float32", K=2, L=16, M=2, P=8, steps=1, layers=1, first_step=True)
+    assert len(models) == 2 and not any(p.requires_grad for model in models for p in model.parameters())   # frozen
+    assert all(not model.training and model.config.num_hidden_layers == 1 for model in models)
     assert result["masked"] == 16 and all(s > 0 for s in result["parts_s"].values()) and len(result["parts_s"]) == 3
     assert result["floor_s"] == pytest.approx(sum(result["parts_s"].values()))
     assert result["ratio"] == pytest.approx(result["total_s"] / result["floor_s"])
