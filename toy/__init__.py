@@ -6,9 +6,11 @@ V = 8 tokens, n = 4 positions, so all V^n = 4096 sequences can be enumerated.
   denoiser returns the exact conditionals p(x_l | revealed tokens), by enumeration.
 - A fixed embedding table E (V, d) and a reward R(e) defined on ANY embeddings e (n, d):
       R(e) = sum_l u . e_l + sum_l e_l^T B e_{l+1}        (1) the text's reward
+           + gamma * sum_l softplus(2 a . e_l)            (3) a nonlinear part, within each position
            + beta * sum_l gap(e_l)                        (2) a reward model's artefact
-  (1) on token embeddings is the token-level reward r(x) = R(E[x]). It is multilinear in the
-      positions, so under independent positions E_q[r] equals (1) at the mean embeddings.
+  (1) + (3) on token embeddings is the token-level reward r(x) = R(E[x]). (1) is multilinear in
+      the positions, so under independent positions E_q[r] equals (1) at the mean embeddings;
+      (3) (gamma = 0 unless asked for) is not: it bends the reward inside each position.
   (2) gap(e) = prod_i D_i / (D_i + 1), D_i = |e - E_i|^2, is zero, with a zero gradient, on
       every token embedding, rises between them (its curvature at a token is at most 2) and
       tends to 1 far from all of them: the score a reward model trained on discrete text gives
@@ -38,6 +40,8 @@ u = torch.randn(d, generator=_g, dtype=DT)                           # (1) unary
 B = torch.randn(d, d, generator=_g, dtype=DT) * 0.5                  # (1) neighbour-pair weights
 unary = torch.randn(n, V, generator=_g, dtype=DT)                    # data potentials
 pair = torch.randn(V, V, generator=_g, dtype=DT)
+a = torch.randn(d, generator=_g, dtype=DT)                           # (3) the nonlinear part's projection
+GAMMA = 0.5                                                          # its weight, where a table asks for it
 X = torch.cartesian_prod(*[torch.arange(V)] * n)                     # (S, n) every sequence, S = V^n
 _theta = unary[torch.arange(n), X].sum(1) + pair[X[:, :-1], X[:, 1:]].sum(1)
 log_p = _theta - torch.logsumexp(_theta, 0)                          # (S,) log p(x)
@@ -49,15 +53,15 @@ def gap(e):
     return (D / (D + 1)).prod(-1)
 
 
-def R(e, beta=BETA):
+def R(e, beta=BETA, gamma=0.0):
     """The reward on embeddings e (N, n, d) -> (N,)."""
     text = e @ u + torch.einsum("nld,de,nle->nl", e[:, :-1], B, e[:, 1:]).sum(-1, keepdim=True)
-    return text.sum(-1) + beta * gap(e).sum(-1)
+    return text.sum(-1) + gamma * torch.nn.functional.softplus(2 * e @ a).sum(-1) + beta * gap(e).sum(-1)
 
 
-def r(x):
+def r(x, gamma=0.0):
     """The token-level reward of sequences x (N, n) -> (N,): R on their embeddings, no artefact."""
-    return R(E[x], beta=0.0)
+    return R(E[x], beta=0.0, gamma=gamma)
 
 
 r_X = r(X)                                                            # (S,) the reward of every sequence
