@@ -140,8 +140,7 @@ def relax(logits, embedding, method, temperature, top_p, generator, x=None, entr
 
 def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
     """(vocab_size,) RM token ids of the dLLM's tokens by identical string (else the RM's unk or eos), fraction matched."""
-    rm_vocab = rm_tokenizer.get_vocab()
-    tokens = dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
+    rm_vocab, tokens = rm_tokenizer.get_vocab(), dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
     ids = torch.full((vocab_size,), -1, dtype=torch.long)
     ids[: len(tokens)] = torch.tensor([rm_vocab.get(t, -1) for t in tokens])
     found = int((ids >= 0).sum())
@@ -266,11 +265,10 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
             ok = (R + g.sum((1, 2))).isfinite()
             skipped += (~ok).sum()
             g.masked_fill_(~ok[:, None, None], 0.0)
-            # torch.optim.Adam's update, in place (the denominator in g's memory)
-            m.lerp_(g, 1 - betas[0])
+            m.lerp_(g, 1 - betas[0])                                     # Adam as torch.optim.Adam, in place
             v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
             c1, c2 = 1 - betas[0] ** n, math.sqrt(1 - betas[1] ** n)     # bias corrections
-            psi.addcdiv_(m, torch.sqrt(v, out=g).add_(eps * c2), value=-cfg.lr * c2 / c1)
+            psi.addcdiv_(m, torch.sqrt(v, out=g).add_(eps * c2), value=-cfg.lr * c2 / c1)   # (denominator in g)
         del g                                                            # freed before the next forward
     return psi.detach(), skipped
 
@@ -546,14 +544,15 @@ def trace_page(prompt, run_settings, runs, traces, tokenizer):
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)        # one pass: no text is read twice
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EntRGi denoising trace</title><style>
-body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .m { color: transparent !important; background: #e4e4e4 }
-#bar { position: sticky; top: 0; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc } .new { background: #ffd95a }
-#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(24em, 1fr)); gap: 1em } .c:not(.m) { text-decoration: underline wavy red }
-.t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace } .e { color: #bbb }
+body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .new { background: #ffd95a } .e { color: #bbb }
+#bar { position: sticky; top: 0; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc }
+#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(24em, 1fr)); gap: 1em }
+.t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace }
+.m { color: transparent !important; background: #e4e4e4 } .c:not(.m) { text-decoration: underline wavy red }
 </style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT<br><small>SETTINGS</small></p>
 <div id="bar"><button id="prev">&lt;</button> <input id="k" type="range" min="0"> <button id="next">&gt;</button> <span id="at"></span>
-<br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided model's most likely
-token</span>, <span class="e">&middot;</span> after the end</small></div><div id="runs">RUNS</div><script>
+<br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided
+step's most likely token</span>, <span class="e">&middot;</span> after the end</small></div><div id="runs">RUNS</div><script>
 const steps = STEPS, k = document.getElementById("k"), spans = document.querySelectorAll("span[data-k]");
 function show(i) {
   k.value = i = Math.max(0, Math.min(steps.length - 1, i));
@@ -738,7 +737,8 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
     floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs."""
     import transformers as tf
-    dtype, cuda, (kind, dllm_fields, rm_fields) = pick_dtype(device, dtype), torch.device(device).type == "cuda", PRESETS[preset]
+    preset, (kind, dllm_fields, rm_fields) = (preset, PRESETS[preset]) if isinstance(preset, str) else ("custom", preset)
+    dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
     torch.manual_seed(0)
     with torch.device(device):                           # random weights, `layers` layers each where asked
         depth = {"num_hidden_layers": layers} if layers else {}

@@ -464,3 +464,6 @@ def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
     assert result["peak_beyond_weights_gib"] is None or result["peak_beyond_weights_gib"] >= 0
     printed = capsys.readouterr().out
     assert "guided step / floor" in printed and "2 x reward forward + backward" in printed and "(16 masked)" in printed
+    kind, dllm_fields, rm_fields = entrgi.PRESETS["tiny"]                       # a preset of one's own
+    custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1, P=4, steps=1)
+    assert custom["preset"] == "custom" and custom["ratio"] > 0 and "custom preset" in capsys.readouterr().out
