@@ -1,10 +1,11 @@
 """
-EntRGi: entropy-aware reward guidance for masked diffusion language models. At every denoising step, Adam moves
-the denoiser's logits psi at the still-masked positions up a reward model's gradient; the step samples from them.
-References: 1) A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
-Guidance for Diffusion Language Models", arXiv:2602.05000, 2026 (its Algorithm 1 below); 2) the straight-through
-baseline, APS: Rout et al., 2025; 3) the denoisers Dream-org/Dream-v0-Instruct-7B and GSAI-ML/LLaDA-8B-Instruct, run
-through transformers' Qwen2 and Llama classes attending both ways; 4) the reward model Skywork-Reward-V2-Qwen3-1.7B.
+EntRGi: entropy-aware reward guidance for masked diffusion language models (A. Tejaswi, L. Rout, C. Caramanis,
+S. Shakkottai, S. Sanghavi, arXiv:2602.05000, 2026). At every denoising step, Adam moves the denoiser's logits psi
+at the still-masked positions up a reward model's gradient; the step samples from them. Baseline: APS, the
+straight-through estimator (Rout et al., 2025). Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct, run through
+transformers' Qwen2 and Llama classes attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
+Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algorithm 1, lines 2-3),
+4. the sampler (Algorithm 1, lines 1-6), 5. loading, 6. the command line, 7. the benchmark.
 """
 
 import argparse
