@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 METHODS = ("bon", "soft", "aps", "entrgi")
+REMASKING = ("entropy", "probability", "margin", "random")
 
 class InputError(ValueError):
     """Bad input from the user: the command line prints the message and exits with status 2."""
@@ -41,6 +42,10 @@ class Config:
     seed: int = 0
     block_length: int | None = None  # B: reveal the response in blocks of B tokens, left to right (None: one block)
     entropy_from: str = "sampling"  # w's distribution: softmax(psi / tau), the paper | "model": softmax(psi), the scripts
+    remasking: str = "entropy"      # line 5's order: entropy (the paper) | probability | margin | random, see `confidence`
+    schedule: str = "dream"         # tokens revealed per step: dream (the paper's) | linear (LLaDA's), see `schedule`
+    eos_last: bool = True           # a sampled end token is revealed after every other token (the paper's scripts)
+    guide_every: int = 1            # guide the steps 0, k, 2k, ... only (the authors' later apply_every_k); 1: all
 
     def check(self):
         """Raises InputError for the first setting out of its range; returns self."""
@@ -49,28 +54,50 @@ class Config:
                 raise InputError(message)
         B = self.L if self.block_length is None else self.block_length
         need(self.method in METHODS, f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
-        for name, least in (("K", 1), ("T", 1), ("L", 1), ("M", 0)):
+        for name, least in (("K", 1), ("T", 1), ("L", 1), ("M", 0), ("guide_every", 1)):
             need(getattr(self, name) >= least, f"{name} must be at least {least}, got {getattr(self, name)}")
         need(math.isfinite(self.lr) and self.lr >= 0, f"the learning rate eta must be finite and >= 0, got {self.lr}")
         need(1e-3 <= self.temperature <= 1e3, f"the temperature tau must lie in [0.001, 1000], got {self.temperature}")
         need(0 < self.top_p <= 1, f"top-p must lie in (0, 1], got {self.top_p}")
         need(0 <= self.seed < 2**63, f"the seed must lie in [0, 2**63), got {self.seed}")
-        need(self.entropy_from in ("sampling", "model"), f"entropy_from is sampling or model, got {self.entropy_from!r}")
+        for name, allowed in (("entropy_from", ("sampling", "model")), ("remasking", REMASKING),
+                              ("schedule", ("dream", "linear"))):
+            need(getattr(self, name) in allowed, f"{name} is one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         need(1 <= B <= self.L and self.L % B == 0, f"the block length B = {B} must divide L = {self.L}")
-        need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share the T = {self.T} steps: L / B must divide T")
+        need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share the T = {self.T} steps: "
+             "L / B must divide T")
         return self
 
 # 1. The relaxation: how a masked position is fed to the reward model
+
+def uniform(rows, cols, generator, device):
+    """(rows, cols) uniforms in [0, 1). generator: one, or one per prompt drawing its own block of rows, so that
+    a prompt's draws do not depend on the prompts batched with it."""
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    return torch.cat([torch.rand((rows // len(gens), cols), generator=g, device=device) for g in gens])
+
+def nucleus(q, top_p, k=64):
+    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it.
+    Read from the k most likely tokens; rows whose nucleus may reach past them are sorted, after one host sync."""
+    def least(s):                                        # s (..., n) descending -> (...,), and whether all n are in
+        n = ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True)
+        return s.gather(-1, n - 1).squeeze(-1), n.squeeze(-1) == s.shape[-1]
+    s = q.topk(min(k, q.shape[-1]), -1).values
+    out, full = least(s)
+    far = full & (s.shape[-1] < q.shape[-1])             # the k-th token is in: the nucleus may reach further
+    if far.any():
+        out[far] = least(q[far].sort(-1, descending=True).values)[0]
+    return out
 
 def top_p_sample(q, top_p, generator, candidates=2):
     """x ~ q (..., V) restricted to its nucleus, exactly: the tokens whose more likely tokens hold at most top_p of
     the mass (Dream's rule; equally likely tokens stay or go together). No sort of the vocabulary: each row draws
     `candidates` tokens from q and keeps the first inside the nucleus (at least top_p of the mass); rows missing
-    them all, with probability (1 - top_p)^candidates at most, draw by sorting, after one host synchronisation.
-    generator: one, or one per prompt drawing its own block of rows (its draws do not depend on its batch)."""
-    V, gens = q.shape[-1], [generator] if isinstance(generator, torch.Generator) else generator
+    them all, with probability (1 - top_p)^candidates at most, draw from the nucleus found by `nucleus`, after
+    one host synchronisation. generator: as `uniform` takes it."""
+    V = q.shape[-1]
     flat = q.reshape(-1, V)
-    u = torch.cat([torch.rand((flat.shape[0] // len(gens), candidates + 1), generator=g, device=q.device) for g in gens])
+    u = uniform(flat.shape[0], candidates + 1, generator, q.device)
     rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: blocks of rows that stay in cache
     x, above = [], []
     for p, w in zip(flat.split(rows), u.split(rows)):
@@ -85,9 +112,7 @@ def top_p_sample(q, top_p, generator, candidates=2):
     missed = ~ok.any(-1)
     if missed.any():
         p = flat[missed].double()
-        s = p.sort(-1, descending=True).values
-        least = s.gather(-1, ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True) - 1)   # the nucleus's least probability
-        cdf = torch.where(p >= least, p, 0).cumsum(-1)
+        cdf = torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1)
         out[missed] = torch.searchsorted(cdf, u[missed, -1:] * cdf[:, -1:], right=True).clamp_(max=V - 1).squeeze(-1)
     return out.view(q.shape[:-1])
 
@@ -275,12 +300,45 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
 
 # 4. The sampler (Algorithm 1)
 
-def schedule(T, L):
-    """Tokens revealed at each step: floor(n_masked (1 - t_{k+1} / t_k)), t = linspace(1, 1e-3, T + 1) (Dream's)."""
+def schedule(T, L, kind="dream"):
+    """Tokens revealed at each of T steps, L in all. dream: floor(n_masked (1 - t_{k+1} / t_k)) with
+    t = linspace(1, 1e-3, T + 1), the rest at the last step (Dream's); linear: L // T each, one more in the
+    first L % T steps (LLaDA's)."""
+    if kind == "linear":
+        return [L // T + (k < L % T) for k in range(T)]
     t, counts = torch.linspace(1, 1e-3, T + 1), []
     for k in range(T):
-        counts.append(L - sum(counts) if k == T - 1 else int((L - sum(counts)) * (1 - t[k + 1] / t[k])))
+        n = L - sum(counts)
+        counts.append(n if k == T - 1 else int(n * (1 - t[k + 1] / t[k])))
     return counts
+
+def confidence(rule, q, top_p, generator):
+    """Line 5's order at the masked positions, from q (N, m, V), the unguided step distribution softmax(psi / tau):
+    (N, m), the most confident revealed first; for "probability", (N, m, V), to be read at the token drawn.
+      entropy      -H(q)                                          Dream's entropy (Dream's takes q after top-p)
+      probability  the drawn token's probability in q after top-p    Dream's maskgit_plus (LLaDA's low_confidence
+                                                                      reads softmax(logits): tau 1, top-p 1 here)
+      margin       top-1 minus top-2 probability of q after top-p     Dream's topk_margin
+      random       uniform, from the sampler's generators             LLaDA's random"""
+    if rule == "entropy":
+        return -entropy(q)
+    if rule == "random":
+        return uniform(q.shape[0], q.shape[1], generator, q.device)
+    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0        # after top-p: q / Z inside the nucleus
+    kept = torch.where(q >= least, q, 0)
+    if rule == "probability":
+        return kept.div_(kept.sum(-1, keepdim=True))
+    top2 = kept.topk(2, -1).values
+    return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
+
+def reveal_counts(y, mask_id, cfg):
+    """Tokens revealed at each of the T steps, the same in every row of y (N, L): the masked positions of each
+    block of B, left to right, on cfg.schedule over T / (L / B) steps a block."""
+    N, L = y.shape
+    per_block = (y == mask_id).view(N, L // (cfg.block_length or L), -1).sum(-1)   # (N, blocks) masked positions
+    if (per_block != per_block[0]).any():
+        raise InputError("every row of y0 needs as many masked positions as the others, in every block")
+    return [c for n in per_block[0].tolist() for c in schedule(cfg.T // per_block.shape[1], n, cfg.schedule)]
 
 def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
     """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns y
@@ -295,12 +353,7 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    per_block = (y == mask_id).view(N, L // B, B).sum(-1)                # (N, blocks) masked positions
-    if (per_block != per_block[0]).any():
-        raise InputError("every row of y0 needs as many masked positions as the others, in every block")
-    steps_per_block = cfg.T // (L // B)
-    counts = [c for n in per_block[0].tolist() for c in schedule(steps_per_block, n)]   # tokens revealed at each step
-    skipped = torch.zeros((), dtype=torch.long, device=device)
+    counts, skipped = reveal_counts(y, mask_id, cfg), torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
             continue
@@ -310,22 +363,47 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
         if m < L:
             logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (N, m, V)
         q = torch.softmax(logits / cfg.temperature, -1)                      # the unguided step distribution
-        confidence = -entropy(q)                         # line 5's confidence (Dream's generate takes it after top-p)
+        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, read from q
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
-        if guided:                                                           # lines 2-3
+        if guided and k % cfg.guide_every == 0:                              # lines 2-3
             del q                                        # (guidance holds its own (N, m, V) tensors)
             psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide)
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
         x0 = top_p_sample(q, cfg.top_p, gen_x)                               # line 4: (N, m)
-        # line 5: reveal the most confident, a sampled EOS last, in the current block only
-        confidence = torch.where(torch.isin(x0, eos_ids), confidence - 1e4, confidence)
-        confidence = confidence.masked_fill(idx // B != k // steps_per_block, -math.inf)
-        reveal = confidence.topk(counts[k], -1).indices                      # (N, counts[k]) of the m
+        if order.dim() == 3:                                                 # the drawn token's probability
+            order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        if cfg.eos_last:                                                     # line 5: a sampled end token last
+            order = torch.where(torch.isin(x0, eos_ids), order - 1e4, order)
+        order = order.masked_fill(idx // B != k * (L // B) // cfg.T, -math.inf)   # in the current block only
+        reveal = order.topk(counts[k], -1).indices                           # (N, counts[k]) of the m
         y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))        # line 6
         if on_step:
             on_step(k, y, likely)
     return y, skipped
+
+def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
+    """EntRGi inside a sampler of one's own: hook(step, x, logits) -> logits, as Dream's diffusion_generate calls
+    its generation_logits_hook_func: x (N, prompt_length + L) with the prompt, logits (N, prompt_length + L, V)
+    shifted so that row i predicts token i. At the guided steps (0, k, 2k, ... for k = cfg.guide_every) the rows of
+    the masked response positions become psi after `guide` (lines 2-3); every other row is returned untouched.
+    The revealed positions go to guide pinned at their tokens (q one-hot: read as the token, zero gradient), so
+    that counting the masked positions needs no host synchronisation. The logits are changed in place."""
+    guided = cfg.method != "bon" and cfg.M > 0 and cfg.lr > 0
+
+    def hook(step, x, logits):
+        if not guided or step % cfg.guide_every:
+            return logits
+        y, at = x[:, prompt_length:], x[:, prompt_length:, None]             # (N, L), (N, L, 1) the response
+        masked = at == mask_id
+        psi = logits[:, prompt_length:].to(torch.float32, copy=True).masked_fill_(~masked, -math.inf)
+        psi.scatter_(-1, at, torch.where(masked, psi.gather(-1, at), 0.0))   # a revealed row: 0 at its token
+        every = torch.arange(y.shape[1], device=y.device).expand_as(y)
+        with torch.enable_grad():                                            # (Dream's generate runs without)
+            psi, _ = guide(psi, y, every, reward, embedding, cfg, generator)
+        logits[:, prompt_length:] = torch.where(masked, psi.to(logits.dtype), logits[:, prompt_length:])
+        return logits
+    return hook
 
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
@@ -471,6 +549,11 @@ def parse_args(argv=None):
     add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
     add("--entropy-from", choices=["sampling", "model"], default="sampling",
         help="the entropy weight's distribution: softmax(psi / tau) (sampling, the paper) or softmax(psi) (model, the scripts)")
+    add("--remasking", choices=REMASKING, default="entropy",
+        help="which masked positions a step reveals first: entropy (the paper), probability, margin or random")
+    add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
+    add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
+    add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
     add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets seed + i")
     add("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA")
@@ -485,7 +568,8 @@ def parse_args(argv=None):
 def configs(args):
     """One checked Config per method asked for."""
     return [Config(m, args.samples, args.steps, args.max_new_tokens, args.guidance_steps, args.lr, args.temperature,
-                   args.top_p, args.seed, args.block_length, args.entropy_from).check()
+                   args.top_p, args.seed, args.block_length, args.entropy_from, args.remasking, args.schedule,
+                   args.eos_last, args.guide_every).check()
             for m in (METHODS if args.method == "all" else [args.method])]
 
 def pick_device(device):
@@ -621,6 +705,8 @@ def run(args):
     cfgs, one = configs(args), args.prompt is not None
     run_settings = {"K": args.samples, "T": args.steps, "L": args.max_new_tokens, "B": args.block_length, "M": args.guidance_steps,
                     "lr": args.lr, "temperature": args.temperature, "top_p": args.top_p, "entropy_from": args.entropy_from,
+                    "remasking": args.remasking, "schedule": args.schedule, "eos_last": args.eos_last,
+                    "guide_every": args.guide_every,
                     "seed": args.seed, "dllm": args.dllm, "reward_model": args.reward_model, "dtype": args.dtype}
     for bad, message in ((one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
                          (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results are written there"),

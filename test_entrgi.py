@@ -397,6 +397,24 @@ def test_zero_guidance_is_the_unguided_sampler_and_seeds_repeat(dllm, rm, embedd
     assert torch.equal(alone, guided[:4])
 
 
+def test_guide_every_k_guides_steps_0_k_2k_and_leaves_the_rest_unguided(dllm, rm, embedding):
+    """With guide_every = 3 the reward is called (M = 1 times) at the revealing steps 3 and 6 only (step 0 reveals
+    nothing: it is skipped whole); with guide_every past T only step 0 would be guided: the unguided sampler."""
+    (model, tok), (rm_model, rm_tok) = dllm, rm
+    real = entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, PROMPTS[:1]), 4, entrgi.end_ids(tok))
+    calls = []
+    counting = lambda e, tokens: calls.append("R") or real(e, tokens)
+    y, _ = run_sampler(dllm, rm, embedding, "entrgi", [3], M=1, reward=counting, guide_every=3,
+                       on_step=lambda k, y, likely: calls.append(k))
+    revealing = [k for k, c in enumerate(entrgi.schedule(8, 8)) if c]
+    assert [k for k in calls if k != "R"] == revealing and calls.count("R") == 2
+    assert [calls[i + 1] for i, c in enumerate(calls) if c == "R"] == [3, 6]
+    bon = run_sampler(dllm, rm, embedding, "bon", [3])[0]
+    assert torch.equal(run_sampler(dllm, rm, embedding, "entrgi", [3], guide_every=9)[0], bon)
+    every = run_sampler(dllm, rm, embedding, "entrgi", [3], M=1)[0]
+    assert not torch.equal(y, bon) and not torch.equal(y, every)
+
+
 def test_the_step_callback_changes_nothing(dllm, rm, embedding):
     calls = []
     plain, _ = run_sampler(dllm, rm, embedding, "entrgi", [3, 4])

@@ -110,16 +110,21 @@ def test_llada_loading_is_strict(llada_dir, tmp_path, change, message):
         entrgi.load_dllm(edited(llada_dir, tmp_path, **change))
 
 
-@pytest.mark.parametrize("method", entrgi.METHODS)
-def test_llada_cli_end_to_end_with_blocks(method, llada_dir, rm_dir, tmp_path):
+LLADA_OWN = ["--remasking", "probability", "--schedule", "linear", "--no-eos-last", "--top-p", "1", "--temperature", "1"]
+
+
+@pytest.mark.parametrize("method, rules", [(m, []) for m in entrgi.METHODS] + [("bon", LLADA_OWN), ("entrgi", LLADA_OWN)])
+def test_llada_cli_end_to_end_with_blocks(method, rules, llada_dir, rm_dir, tmp_path):
     out, page = tmp_path / "run.jsonl", tmp_path / "trace.html"
     p = subprocess.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", llada_dir, "--reward-model", rm_dir,
                         "--prompt", "Write a poem about the sea", "--method", method, "--samples", "2", "--steps", "8",
                         "--max-new-tokens", "8", "--block-length", "4", "--device", "cpu", "--output", str(out),
-                        "--trace", str(page)], capture_output=True, text=True, timeout=300,
+                        "--trace", str(page), *rules], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr
     result = json.loads(out.read_text().splitlines()[0])
     assert result["method"] == method and result["settings"]["B"] == 4 and len(result["responses"]) == 2
+    expected = ("probability", "linear", False) if rules else ("entropy", "dream", True)
+    assert tuple(result["settings"][k] for k in ("remasking", "schedule", "eos_last")) == expected
     assert all("<|mdm_mask|>" not in r["text"] for r in result["responses"])
     assert "Traceback" not in p.stderr and page.exists()
