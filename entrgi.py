@@ -9,6 +9,7 @@ Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algo
 """
 
 import argparse
+import errno
 import html
 import json
 import logging
@@ -18,7 +19,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
@@ -28,6 +29,9 @@ REMASKING = ("entropy", "probability", "margin", "random")
 
 class InputError(ValueError):
     """Bad input from the user: the command line prints the message and exits with status 2."""
+
+class WriteError(OSError):
+    """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
 
 @dataclass
 class Config:
@@ -408,16 +412,57 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 def resolve(name_or_path):
-    """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json)."""
+    """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), every
+    file of it checked by `check_files` first."""
+    path = name_or_path
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import snapshot_download
+            path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
+        except Exception as err:                         # the hub's, the network's: all say the same to a user
+            raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the "
+                             "machine may be offline: pass a local directory that holds its config.json") from None
+    check_files(name_or_path, path)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict):
+        raise InputError(f"model {name_or_path!r}: config.json holds no JSON object")
+    return path, raw
+
+def check_files(name, path):
+    """Refuses a model folder with no config.json, or a file that cannot be parsed: JSON that is not JSON, a
+    .safetensors file cut short (as an interrupted download leaves it) or with a damaged header."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(f"model {name!r}: {path!r} holds no config.json: pass the folder of the model")
+    for file in sorted(os.listdir(path)):
+        where = os.path.join(path, file)
+        try:
+            if file.endswith(".json"):
+                with open(where, encoding="utf-8") as f:
+                    json.load(f)
+            elif file.endswith(".safetensors"):
+                size = os.path.getsize(where)
+                with open(where, "rb") as f:
+                    n = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(n)) if 8 + n <= size else None
+                tensors = [t for k, t in (header or {}).items() if k != "__metadata__"]
+                need = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0) if header else 8 + n
+                if size < need:
+                    raise ValueError(f"it is cut short: {size} of its {need} bytes (an interrupted download?)")
+        except json.JSONDecodeError as err:
+            raise InputError(f"model {name!r}: {file} is not valid JSON ({err}): the file is damaged; get it "
+                             "again") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise InputError(f"model {name!r}: {file} is damaged: {err or type(err).__name__}; get it again") from None
+        except OSError as err:
+            raise InputError(f"model {name!r}: cannot read {file}: {err.strerror or err}") from None
+
+def loaded(name, what, load):
+    """load(), or an InputError naming the model and which of its parts could not be loaded, and why."""
     try:
-        from huggingface_hub import snapshot_download
-        path = name_or_path if os.path.isdir(name_or_path) else snapshot_download(
-            name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
-        with open(os.path.join(path, "config.json")) as f:
-            return path, json.load(f)
-    except Exception as err:
-        raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the machine may "
-                         "be offline: pass a local directory that holds its config.json") from None
+        return load()
+    except Exception as err:                             # any library's error on files it could not use
+        raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {' '.join(str(err).split())}")
 
 def pick_dtype(device, dtype):
     if dtype in (None, "auto"):
@@ -431,11 +476,32 @@ def bidirectional(model):
     return model
 
 LLADA_WEIGHTS = {   # LLaDA's weight names -> transformers' LlamaForCausalLM's (regular expressions, applied in order)
-    r"^model\.transformer\.wte\.": "model.embed_tokens.", r"^model\.transformer\.ln_f\.": "model.norm.",
-    r"^model\.transformer\.ff_out\.": "lm_head.", **{r"^model\.transformer\.blocks\.(\d+)\." + a: r"model.layers.\1." + b
-    for a, b in (("attn_norm", "input_layernorm"), ("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
-                 ("v_proj", "self_attn.v_proj"), ("attn_out", "self_attn.o_proj"), ("ff_norm", "post_attention_layernorm"),
-                 ("ff_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))}}   # ff_proj: the gate
+    r"^model\.transformer\.wte\.": "model.embed_tokens.",
+    r"^model\.transformer\.ln_f\.": "model.norm.",
+    r"^model\.transformer\.ff_out\.": "lm_head.",
+    **{r"^model\.transformer\.blocks\.(\d+)\." + a: r"model.layers.\1." + b for a, b in (
+        ("attn_norm", "input_layernorm"), ("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
+        ("v_proj", "self_attn.v_proj"), ("attn_out", "self_attn.o_proj"), ("ff_norm", "post_attention_layernorm"),
+        ("ff_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))},   # ff_proj: the gate
+}
+
+def dllm_config(name, kind, raw):
+    """transformers' configuration for Dream's config.json (Qwen2's keys and a mask token; token i is predicted at
+    position i - 1) or LLaDA's (OLMo's keys; token i is predicted at position i)."""
+    import transformers as tf
+    try:
+        if kind == "Dream":
+            kept = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")}
+            return tf.Qwen2Config(**kept, shift_logits=True)
+        return tf.LlamaConfig(
+            vocab_size=raw["embedding_size"], hidden_size=raw["d_model"], num_hidden_layers=raw["n_layers"],
+            intermediate_size=raw["mlp_hidden_size"], num_attention_heads=raw["n_heads"],
+            num_key_value_heads=raw.get("n_kv_heads") or raw["n_heads"], rope_theta=raw["rope_theta"],
+            max_position_embeddings=raw["max_sequence_length"], rms_norm_eps=raw["rms_norm_eps"],
+            tie_word_embeddings=raw.get("weight_tying", False), mask_token_id=raw.get("mask_token_id"),
+            shift_logits=False)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"model {name!r}: config.json is no {kind} configuration ({type(err).__name__}: {err})")
 
 def load_dllm(name_or_path, device="cpu", dtype="auto"):
     """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers' Qwen2ForCausalLM or
@@ -445,25 +511,16 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
     kind, mask_id = raw.get("model_type"), raw.get("mask_token_id")
     if kind not in ("Dream", "llada"):
         raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
-    try:
-        if kind == "Dream":      # Qwen2's configuration plus a mask token; token i is predicted at position i - 1
-            config = tf.Qwen2Config(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")},
-                                    shift_logits=True)
-        else:                    # LLaDA's configuration (OLMo's keys); token i is predicted at position i
-            config = tf.LlamaConfig(vocab_size=raw["embedding_size"], hidden_size=raw["d_model"], num_hidden_layers=raw["n_layers"],
-                                    intermediate_size=raw["mlp_hidden_size"], num_attention_heads=raw["n_heads"],
-                                    num_key_value_heads=raw.get("n_kv_heads") or raw["n_heads"], rope_theta=raw["rope_theta"],
-                                    max_position_embeddings=raw["max_sequence_length"], rms_norm_eps=raw["rms_norm_eps"],
-                                    tie_word_embeddings=raw.get("weight_tying", False), mask_token_id=mask_id, shift_logits=False)
-        model, info = (tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM).from_pretrained(
-            path, config=config, dtype=pick_dtype(device, dtype), key_mapping=LLADA_WEIGHTS if kind == "llada" else None,
-            output_loading_info=True)
-        tokenizer = (tf.Qwen2Tokenizer if kind == "Dream" else tf.PreTrainedTokenizerFast).from_pretrained(path)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        raise InputError(f"cannot load the diffusion LM from {name_or_path!r}: {type(err).__name__}: {err}") from None
+    config = dllm_config(name_or_path, kind, raw)
+    model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
+    model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
+        path, config=config, dtype=pick_dtype(device, dtype), key_mapping=LLADA_WEIGHTS if kind == "llada" else None,
+        output_loading_info=True))
     if info["missing_keys"] or info["unexpected_keys"]:
-        raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {sorted(info['missing_keys'])[:4]}, "
-                         f"unexpected {sorted(info['unexpected_keys'])[:4]}")
+        raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {sorted(info['missing_keys'])[:4]},"
+                         f" unexpected {sorted(info['unexpected_keys'])[:4]}")
+    tokenizer_class = tf.Qwen2Tokenizer if kind == "Dream" else tf.PreTrainedTokenizerFast
+    tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
     if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
         raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id {mask_id}): a masked "
                          "diffusion LM needs one")
@@ -477,11 +534,9 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     if not any(k.endswith("ForSequenceClassification") for k in raw.get("architectures") or []):
         raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its config.json names "
                          f"{raw.get('architectures')}, model_type {raw.get('model_type')!r})")
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=pick_dtype(device, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InputError(f"cannot load the reward model from {name_or_path!r}: {err}") from None
+    model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=pick_dtype(device, dtype)))
+    tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
     if model.config.num_labels != 1:
@@ -534,26 +589,28 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.")
     add = p.add_argument
     add("--prompt", help="the user prompt")
-    add("--prompts-file", help="many prompts: text, one a line, or .jsonl with a \"prompt\" field; needs --output")
+    add("--prompts-file", help="many prompts: text, one a line, or .jsonl, one JSON object a line; needs --output")
+    add("--prompt-field", default="prompt", help="the field of a .jsonl prompts file that holds the prompt")
     add("--batch-size", type=int, default=1, help="prompts per forward pass (B x K rows), >= 1")
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM, Dream or LLaDA: hub name or directory")
     add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub name or directory")
+    add("--score-model", help="a second reward model, an independent judge of the final texts (default: none)")
     add("--method", default="entrgi", help="entrgi, aps (straight-through), soft, bon (best of K, unguided) or all")
     add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
     add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
     add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
     add("--block-length", type=int, help="B, blocks revealed left to right; divides L, L / B divides T (default L)")
     add("--guidance-steps", type=int, default=3, help="M, Adam steps on psi per denoising step, >= 0")
+    add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
     add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
     add("--temperature", type=float, default=0.7, help="tau, sampling temperature, in [0.001, 1000]")
     add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
     add("--entropy-from", choices=["sampling", "model"], default="sampling",
-        help="the entropy weight's distribution: softmax(psi / tau) (sampling, the paper) or softmax(psi) (model, the scripts)")
+        help="the entropy weight's distribution: softmax(psi / tau) (the paper) or softmax(psi) (the scripts)")
     add("--remasking", choices=REMASKING, default="entropy",
         help="which masked positions a step reveals first: entropy (the paper), probability, margin or random")
     add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
     add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
-    add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
     add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets seed + i")
     add("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA")
@@ -567,10 +624,11 @@ def parse_args(argv=None):
 
 def configs(args):
     """One checked Config per method asked for."""
-    return [Config(m, args.samples, args.steps, args.max_new_tokens, args.guidance_steps, args.lr, args.temperature,
-                   args.top_p, args.seed, args.block_length, args.entropy_from, args.remasking, args.schedule,
-                   args.eos_last, args.guide_every).check()
-            for m in (METHODS if args.method == "all" else [args.method])]
+    shared = dict(K=args.samples, T=args.steps, L=args.max_new_tokens, M=args.guidance_steps, lr=args.lr,
+                  temperature=args.temperature, top_p=args.top_p, seed=args.seed, block_length=args.block_length,
+                  entropy_from=args.entropy_from, remasking=args.remasking, schedule=args.schedule,
+                  eos_last=args.eos_last, guide_every=args.guide_every)
+    return [Config(m, **shared).check() for m in (METHODS if args.method == "all" else [args.method])]
 
 def pick_device(device):
     try:
@@ -581,26 +639,37 @@ def pick_device(device):
         raise InputError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     if kind.type == "cuda" and kind.index is None and "LOCAL_RANK" in os.environ:     # torchrun: one GPU a process
         kind = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
     if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices" if torch.cuda.is_available()
-                         else f"--device {device} was asked for but CUDA is not available here: use --device cpu")
+        raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices")
     return str(kind)
 
-def generate(models, prompts, seeds, cfg, progress=False, on_step=None):
-    """K responses for each prompt, each scored on text: one result dict per prompt."""
+def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None):
+    """K responses for each prompt, each scored on text by the reward model and, where a judge (model, tokenizer)
+    is given, by the judge: one result dict per prompt. top1_score: the judge's score of the best_response."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
     denoiser = make_denoiser(dllm, [dllm_prompt_ids(tok, p) for p in prompts], cfg.K, cfg.L, tok.mask_token_id)
     reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
-    y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
+    y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress,
+                        on_step=on_step)
     if skipped.item():
-        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite", stacklevel=2)
+        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite",
+                      stacklevel=2)
     texts, results = decode(tok, y, eos), []
     for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
         R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()   # per prompt: no batch-mates' padding
-        results.append({"method": cfg.method, "seed": seed, "responses": [{"text": t, "reward": r} for t, r in zip(responses, R)],
-                        "best_response": responses[R.index(max(R))], "top1_reward": max(R), "avg_reward": sum(R) / len(R)})
+        best = R.index(max(R))
+        results.append({"method": cfg.method, "seed": seed, "responses": [{"text": t, "reward": r} for t, r in
+                        zip(responses, R)], "best_response": responses[best], "top1_reward": R[best],
+                        "avg_reward": sum(R) / len(R)})
+        if judge:                                        # one more text scoring per response
+            S = score_texts(*judge, [prompt] * cfg.K, responses).tolist()
+            for response, s in zip(results[-1]["responses"], S):
+                response["score"] = s
+            results[-1].update(top1_score=S[best], avg_score=sum(S) / len(S))
     return results
 
 def trace_page(prompt, run_settings, runs, traces, tokenizer):
@@ -649,26 +718,28 @@ document.getElementById("prev").onclick = () => show(+k.value - 1); document.get
 </script></body></html>
 """
 
-def read_prompts(path):
-    """[{"prompt": ..., other fields}] from a text file (one prompt a line) or a .jsonl file."""
+def read_prompts(path, field="prompt"):
+    """Prompt records from a text file (a line a prompt, as {field: line}) or a .jsonl file (a line a JSON object, its
+    prompt in `field`, its other fields kept). A byte-order mark and CRLF line ends are no part of any prompt."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [(n, line) for n, line in enumerate(f.read().splitlines(), 1) if line.strip()]
+        with open(path, encoding="utf-8-sig") as f:      # utf-8-sig: without a leading byte-order mark
+            lines = [(n, line) for n, line in enumerate(f.read().split("\n"), 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
     records = []
     for n, line in lines:
         try:
-            records.append(json.loads(line) if path.endswith(".jsonl") else {"prompt": line})
+            records.append(json.loads(line) if path.endswith(".jsonl") else {field: line})
         except json.JSONDecodeError:
-            raise InputError(f"{path} line {n} is not JSON: each line of a .jsonl prompts file is one JSON object") from None
-        if not (isinstance(records[-1], dict) and isinstance(records[-1].get("prompt"), str) and records[-1]["prompt"].strip()):
-            raise InputError(f"{path} line {n} has no prompt: each line needs a non-empty \"prompt\" field")
+            raise InputError(f"{path} line {n} is not JSON: each line of a .jsonl prompts file is one JSON object") \
+                from None
+        if not (isinstance(records[-1], dict) and isinstance(records[-1].get(field), str) and records[-1][field].strip()):
+            raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
     if not records:
         raise InputError(f"--prompts-file {path!r} holds no prompt")
     return records
 
-def read_output(path, prompts, run_settings):
+def read_output(path, prompts, field, settings):
     """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte length of
     its whole lines (a line without its newline was never finished). Refuses a file this command did not write."""
     try:
@@ -687,98 +758,153 @@ def read_output(path, prompts, run_settings):
         if isinstance(r, dict) and "summary" in r:
             continue
         i = r.get("index") if isinstance(r, dict) else None
-        if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get("prompt") == prompts[i]["prompt"]
-                and r.get("method") in METHODS and r.get("settings") == run_settings):
-            raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or other "
-                             "settings): refusing to append to it; pass another --output")
+        if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
+                and r.get("method") in METHODS and r.get("settings") == settings):
+            raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or "
+                             "other settings): refusing to append to it; pass another --output")
         done.add((i, r["method"]))
     return done, len(whole.encode("utf-8"))
 
 def append_line(path, record):
-    """One JSON line in one write to a file opened for appending: a kill leaves whole lines, processes never interleave."""
-    with open(path, "ab", buffering=0) as f:
-        f.write((json.dumps(record) + "\n").encode("utf-8"))
+    """One JSON line in one write to a file opened for appending: a kill leaves whole lines, processes never
+    interleave. A write the machine refuses or cuts short (a full disk) is taken back and raised as a WriteError."""
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    try:
+        with open(path, "ab", buffering=0) as f:
+            n = f.write(line) or 0
+            if n < len(line):                            # part of a line: take it back, say so
+                f.truncate(f.tell() - n)
+                raise OSError(errno.ENOSPC, f"only {n} of the line's {len(line)} bytes were written (a full disk?)")
+    except OSError as err:
+        raise WriteError(f"cannot write --output {path!r}: {err.strerror or err}") from None
 
-def run(args):
-    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended as a
-    JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary at the end."""
+def write_page(path, text):
+    """The --trace page, all or nothing: written to a temporary file, then renamed."""
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    except OSError as err:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise WriteError(f"cannot write --trace {path!r}: {err.strerror or err}") from None
+
+def check_run(args):
+    """What a run can check before loading a model: (a Config per method, the prompt records, the settings
+    recorded with every result)."""
     cfgs, one = configs(args), args.prompt is not None
-    run_settings = {"K": args.samples, "T": args.steps, "L": args.max_new_tokens, "B": args.block_length, "M": args.guidance_steps,
-                    "lr": args.lr, "temperature": args.temperature, "top_p": args.top_p, "entropy_from": args.entropy_from,
-                    "remasking": args.remasking, "schedule": args.schedule, "eos_last": args.eos_last,
-                    "guide_every": args.guide_every,
-                    "seed": args.seed, "dllm": args.dllm, "reward_model": args.reward_model, "dtype": args.dtype}
     for bad, message in ((one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
-                         (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results are written there"),
+                         (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
                          (not one and args.trace, "--trace draws one prompt: use it with --prompt"),
                          (args.batch_size < 1, f"the batch size must be at least 1, got {args.batch_size}")):
         if bad:
             raise InputError(message)
-    prompts = [{"prompt": args.prompt}] if one else read_prompts(args.prompts_file)
     for path, flag in ((args.output, "--output"), (args.trace, "--trace")):
-        if path and (os.path.isdir(path) or not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK)):
-            raise InputError(f"cannot write {flag} {path!r}: " + ("it is a folder" if os.path.isdir(path) else "its folder does "
-                                                                  "not exist or is read-only"))
-    done, whole = read_output(args.output, prompts, run_settings) if args.output else (set(), 0)
+        if path and os.path.isdir(path):
+            raise InputError(f"cannot write {flag} {path!r}: it is a folder")
+        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            raise InputError(f"cannot write {flag} {path!r}: its folder does not exist or is read-only")
+    prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
+    settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
+    settings.update(dllm=args.dllm, reward_model=args.reward_model, score_model=args.score_model, dtype=args.dtype,
+                    prompt_field=args.prompt_field)
+    return cfgs, prompts, settings
+
+def start_processes(device):
+    """Under torchrun, joins the process group: (world size, rank); alone, (1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 1, 0
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return world, torch.distributed.get_rank()
+
+def load_models(args, device):
+    """(dLLM, its tokenizer, reward model, its tokenizer, E^R in the dLLM's vocabulary order), and the judge
+    (model, tokenizer) or None: each loaded once, frozen."""
+    dllm, tok = load_dllm(args.dllm, device, args.dtype)
+    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
+    judge = load_reward_model(args.score_model, device, args.dtype) if args.score_model else None
+    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
+    return (dllm, tok, rm, rm_tok, embedding), judge
+
+def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
+    """Every method on the prompts `todo` lists (an index and the methods left for it), a batch at a time: each
+    result printed and appended to --output as it finishes. Returns the results and, with --trace, their steps."""
+    results, traces, one = [], [], args.prompt is not None
+    for b in range(0, len(todo), args.batch_size):
+        for cfg in cfgs:
+            batch, trace, began = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left], [], time.perf_counter()
+            if not batch:
+                continue
+            out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
+                           one, (lambda *step: trace.append(step)) if args.trace else None, judge)
+            for i, result in zip(batch, out):
+                results.append({**prompts[i], "index": i, **result, "settings": settings})   # ours win over the file's
+                traces.append(trace)
+                for j, r in enumerate(result["responses"] if one else []):
+                    judged = f", judge's score {r['score']:.4f}" if judge else ""
+                    print(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+                if args.output:
+                    append_line(args.output, results[-1])
+                print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
+                      f"{result['avg_reward']:.4f}  {(time.perf_counter() - began) / len(batch):.1f} s", file=sys.stderr)
+    return results, traces
+
+def summarize(args, results, prompts, settings, new, seconds):
+    """The table of every result so far (the output file's, with --output), printed, and its summary line: each
+    method's mean Top@1 and Avg@N reward (the paper's table) and, with a judge, the judge's."""
+    if args.output:
+        with open(args.output, encoding="utf-8") as f:
+            results = [r for r in map(json.loads, f) if "summary" not in r]
+    keys = ["top1_reward", "avg_reward"] + (["top1_score", "avg_score"] if args.score_model else [])
+    table = {}
+    for m in METHODS:
+        rows = [r for r in results if r["method"] == m]
+        if rows:
+            table[m] = {"prompts": len(rows), **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+    print(f"{len(results)} results for {len(prompts)} prompts, {new} new")
+    heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
+    print(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
+    for m, row in table.items():
+        print(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
+    if args.output:
+        append_line(args.output, {"summary": {"prompts": len(prompts), "results": len(results), "new_results": new,
+                                              "settings": settings, "seconds_per_result": seconds / new if new else None,
+                                              "table": table}})
+
+def run(args):
+    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended as a
+    JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary at the end."""
+    cfgs, prompts, settings = check_run(args)
+    done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
         raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
-    device, world, rank = pick_device(args.device), int(os.environ.get("WORLD_SIZE", 1)), 0
-    if world > 1:
-        import torch.distributed as dist
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        rank = dist.get_rank()
+    device = pick_device(args.device)
+    world, rank = start_processes(device)
     if rank == 0 and args.output and os.path.exists(args.output) and os.path.getsize(args.output) > whole:
         os.truncate(args.output, whole)                  # drop an unfinished last line before appending
     if world > 1:
-        dist.barrier()
-    dllm, tok = load_dllm(args.dllm, device, args.dtype)
-    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
-    models = dllm, tok, rm, rm_tok, rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
-    check_fits(dllm, [dllm_prompt_ids(tok, r["prompt"]) for r in prompts], args.max_new_tokens)   # before any write
-    results, traces, mine, start = [], [], list(range(rank, len(prompts), world)), time.perf_counter()
-    for b in range(0, len(mine), args.batch_size):
-        for cfg in cfgs:
-            todo, trace, began = [i for i in mine[b:b + args.batch_size] if (i, cfg.method) not in done], [], time.perf_counter()
-            out = generate(models, [prompts[i]["prompt"] for i in todo], [cfg.seed + i for i in todo], cfg, one,
-                           (lambda *step: trace.append(step)) if args.trace else None) if todo else []
-            for i, result in zip(todo, out):
-                results.append({**prompts[i], "index": i, **result, "settings": run_settings})   # ours win over the file's
-                traces.append(trace)
-                for j, r in enumerate(result["responses"] if one else []):
-                    print(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}\n{r['text']}\n")
-                if args.output:
-                    append_line(args.output, results[-1])
-                print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}  "
-                      f"{(time.perf_counter() - began) / len(todo):.1f} s", file=sys.stderr)
+        torch.distributed.barrier()
+    models, judge = load_models(args, device)
+    dllm, tok = models[:2]
+    check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)  # before writing
+    todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
+    start = time.perf_counter()
+    results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo)
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", file=sys.stderr)
     if args.trace:
-        with open(args.trace + ".tmp", "w", encoding="utf-8") as f:                   # all or nothing
-            f.write(trace_page(args.prompt, run_settings, results, traces, tok))
-        os.replace(args.trace + ".tmp", args.trace)
+        write_page(args.trace, trace_page(args.prompt, settings, results, traces, tok))
     new = torch.tensor([len(results)], device=device)
     if world > 1:
-        dist.all_reduce(new)                             # NCCL reduces CUDA tensors, gloo CPU ones
-    if rank == 0:                                        # the table of every result so far, and a summary line
-        if args.output:
-            with open(args.output, encoding="utf-8") as f:
-                results = [r for r in map(json.loads, f) if "summary" not in r]
-        rows = {m: [r for r in results if r["method"] == m] for m in METHODS}
-        table = {m: {"prompts": len(r), "top1_reward": sum(x["top1_reward"] for x in r) / len(r),   # the paper's table
-                     "avg_reward": sum(x["avg_reward"] for x in r) / len(r)} for m, r in rows.items() if r}
-        print(f"{len(results)} results for {len(prompts)} prompts, {int(new)} new")
-        print(f"{'method':>8} {'prompts':>8} {'Top@1':>8} {'Avg@' + str(args.samples):>8}")
-        for m, row in table.items():
-            print(f"{m:>8} {row['prompts']:8d} {row['top1_reward']:8.4f} {row['avg_reward']:8.4f}")
-        summary = {"prompts": len(prompts), "results": len(results), "new_results": int(new), "settings": run_settings,
-                   "seconds_per_result": (time.perf_counter() - start) / int(new) if new else None, "table": table}
-        if args.output:
-            append_line(args.output, {"summary": summary})
+        torch.distributed.all_reduce(new)                # NCCL reduces CUDA tensors, gloo CPU ones
+    if rank == 0:
+        summarize(args, results, prompts, settings, int(new), time.perf_counter() - start)
     if world > 1:
-        dist.barrier()                                   # no rank leaves while another still talks to it
-        dist.destroy_process_group()
+        torch.distributed.barrier()                      # no rank leaves while another still talks to it
+        torch.distributed.destroy_process_group()
 
 def main(argv=None):
     parser, args = parse_args(argv)
@@ -787,14 +913,17 @@ def main(argv=None):
             cfg = configs(args)[0]
             if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
-            benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, steps=args.benchmark_steps,
-                      method=cfg.method, layers=args.benchmark_layers, first_step=args.benchmark_first_step)
+            benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M,
+                      steps=args.benchmark_steps, method=cfg.method, layers=args.benchmark_layers,
+                      first_step=args.benchmark_first_step)
         elif (args.prompt is None) == (args.prompts_file is None):
             raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
         else:
             run(args)
     except InputError as err:
         parser.exit(2, f"entrgi.py: error: {err}\n")
+    except WriteError as err:
+        parser.exit(74, f"entrgi.py: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, "\nentrgi.py: interrupted\n")
 

@@ -123,7 +123,7 @@ def test_llada_cli_end_to_end_with_blocks(method, rules, llada_dir, rm_dir, tmp_
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr
     result = json.loads(out.read_text().splitlines()[0])
-    assert result["method"] == method and result["settings"]["B"] == 4 and len(result["responses"]) == 2
+    assert result["method"] == method and result["settings"]["block_length"] == 4 and len(result["responses"]) == 2
     expected = ("probability", "linear", False) if rules else ("entropy", "dream", True)
     assert tuple(result["settings"][k] for k in ("remasking", "schedule", "eos_last")) == expected
     assert all("<|mdm_mask|>" not in r["text"] for r in result["responses"])

@@ -146,7 +146,7 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
     cases = [
         (["--prompts-file", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o1.jsonl")], "cannot read --prompts-file"),
         (["--prompts-file", str(empty), "--output", str(tmp_path / "o2.jsonl")], "holds no prompt"),
-        (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")], "line 2 has no prompt"),
+        (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")], "line 2 has no prompt: it needs a non-empty \"prompt\" field"),
         (["--prompts-file", str(ok), "--output", str(foreign)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(tmp_path)], "is a folder"),
