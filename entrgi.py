@@ -249,7 +249,8 @@ def rm_score(rm, x, valid, past_valid=None, past_kv=None):
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
     """reward(e (N, L, d), tokens (N, L)) -> R (N,), N = len(prefixes) * K, prompt-major: R reads the prompt's chat
-    prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. The prefix's keys and values are computed once."""
+    prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. The prefix's keys and values are computed once;
+    the slot is cut after the last position any row reads (one host sync a call), which leaves R as it was."""
     from transformers import DynamicCache
     E = rm.get_input_embeddings().weight
     end_ids, lead_ids = (torch.as_tensor(i, dtype=torch.long, device=E.device) for i in (end_ids, lead_ids))
@@ -263,8 +264,10 @@ def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
     e_suf = E[suf]                                                       # (N, S, d), its last token real
 
     def reward(e, tokens):
-        x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, L + S, d) after the cached prefix
-        return rm_score(rm, x, torch.cat([reads(tokens, end_ids, lead_ids), suf_valid], 1), pre_valid, prefix_kv)
+        seen = reads(tokens, end_ids, lead_ids)                          # (N, L)
+        n = int((seen * torch.arange(1, seen.shape[1] + 1, device=seen.device)).amax())   # the longest read prefix
+        x = torch.cat([e[:, :n].to(E.dtype), e_suf], 1)                  # (N, n + S, d) after the cached prefix
+        return rm_score(rm, x, torch.cat([seen[:, :n], suf_valid], 1), pre_valid, prefix_kv)
     return reward
 
 @torch.no_grad()

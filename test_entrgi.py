@@ -253,6 +253,39 @@ def test_embedding_reward_equals_text_reward_and_ignores_what_follows_the_end(rm
     torch.testing.assert_close(R, text, rtol=0, atol=1e-5)
 
 
+def test_reward_reads_only_to_the_longest_read_prefix_and_is_unchanged(rm, monkeypatch):
+    """The slot is cut after the last position any row reads; R and its gradient in e equal those of the whole
+    slot, computed here row by row without the cached prefix and without the cut. 2 prompts x K = 2 rows of
+    L = 12 ending at 3, 5, 9, 2 (read: 9 positions), then at 3, 5, 9 and nowhere (all 12)."""
+    rm_model, rm_tok = rm
+    E = rm_model.get_input_embeddings().weight
+    g = torch.Generator().manual_seed(0)
+    L, end = 12, rm_tok.eos_token_id
+    prefixes, suffixes = entrgi.rm_slots(rm_tok, PROMPTS)
+    widths = []
+    score = entrgi.rm_score
+    monkeypatch.setattr(entrgi, "rm_score", lambda rm, x, *a: widths.append(x.shape[1]) or score(rm, x, *a))
+    reward = entrgi.make_reward(rm_model, prefixes, suffixes, 2, [end])
+    for ends, read in (((3, 5, 9, 2), 9), ((3, 5, 9, None), L)):
+        tokens = torch.randint(0, 300, (4, L), generator=g)
+        for row, at in enumerate(ends):
+            if at is not None:
+                tokens[row, at] = end
+        e = (E[tokens] + 0.1 * torch.randn(4, L, E.shape[1], generator=g)).requires_grad_(True)   # off the tokens
+        R = reward(e, tokens)
+        assert widths[-1] == read + len(suffixes[0])
+        grad, = torch.autograd.grad(R.sum(), e)
+        for row in range(4):
+            p, s = (torch.tensor(ids[row // 2]) for ids in (prefixes, suffixes))
+            x = torch.cat([E[p], e[row], E[s]])[None]
+            seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
+            valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
+            R_full = score(rm_model, x, valid[None])
+            grad_full, = torch.autograd.grad(R_full.sum(), e)
+            torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
+
+
 def test_reads_stops_at_the_first_end_and_skips_leading_lead_tokens():
     y = torch.tensor([[5, 6, 1, 7, 1], [1, 5, 5, 5, 5], [5, 5, 5, 5, 5], [3, 3, 5, 3, 1], [3, 3, 3, 3, 3]])
     end, lead = torch.tensor([1, 2]), torch.tensor([3])
