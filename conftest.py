@@ -104,6 +104,12 @@ def rm_dir(tmp_path_factory):
     return str(build_reward_model(tmp_path_factory.mktemp("rm")))
 
 
+@pytest.fixture(scope="session")
+def judge_dir(tmp_path_factory):
+    """A second reward model (other random weights): an independent judge."""
+    return str(build_reward_model(tmp_path_factory.mktemp("judge"), seed=5))
+
+
 LLADA_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>"]
 LLADA_CHAT = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"

@@ -447,7 +447,11 @@ def check_files(name, path):
                 size = os.path.getsize(where)
                 with open(where, "rb") as f:
                     n = int.from_bytes(f.read(8), "little")
-                    header = json.loads(f.read(n)) if 8 + n <= size else None
+                    head = f.read(n) if 8 + n <= size else None
+                try:
+                    header = head and json.loads(head)
+                except ValueError:
+                    raise ValueError("its header is not JSON") from None
                 tensors = [t for k, t in (header or {}).items() if k != "__metadata__"]
                 need = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0) if header else 8 + n
                 if size < need:
@@ -785,7 +789,8 @@ def write_page(path, text):
     """The --trace page, all or nothing: written to a temporary file, then renamed."""
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
+            if f.write(text) < len(text):
+                raise OSError(errno.ENOSPC, "the page was written in part (a full disk?)")
         os.replace(path + ".tmp", path)
     except OSError as err:
         if os.path.exists(path + ".tmp"):

@@ -163,3 +163,59 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
         assert last.startswith("entrgi.py: error: ") and message in last, (args, last)
     assert {p: p.read_bytes() for p in (foreign, other)} == before                    # untouched
     assert not any((tmp_path / f"o{i}.jsonl").exists() for i in range(1, 6))
+
+
+def test_an_independent_judge_scores_every_response(tmp_path, dream_dir, rm_dir, judge_dir, capsys):
+    """--score-model: each response gets the judge's score beside its reward; top1_score is the judge's score of
+    the best_response (the one the reward ranks first), avg_score their mean; the table shows both per method.
+    With the guiding reward model as its own judge, score equals reward."""
+    src = tmp_path / "p.txt"
+    src.write_text("Hello\nWrite a poem\n")
+    for judge, same in ((rm_dir, True), (judge_dir, False)):
+        out = str(tmp_path / f"{same}.jsonl")
+        run_main("--prompts-file", str(src), "--output", out, "--score-model", judge, "--method", "all",
+                 dream_dir=dream_dir, rm_dir=rm_dir)
+        lines, [summary] = prompt_lines(out)
+        records = list(map(json.loads, lines))
+        for r in records:
+            S = [x["score"] for x in r["responses"]]
+            best = [x["text"] for x in r["responses"]].index(r["best_response"])
+            assert r["top1_score"] == S[best] and r["avg_score"] == pytest.approx(sum(S) / len(S))
+            assert all((x["score"] == pytest.approx(x["reward"], abs=1e-5)) == same for x in r["responses"])
+        for m in entrgi.METHODS:
+            mine = [r for r in records if r["method"] == m]
+            assert summary["table"][m]["avg_score"] == pytest.approx(sum(r["avg_score"] for r in mine) / len(mine))
+        assert summary["settings"]["score_model"] == judge
+        assert "judge Top@1" in capsys.readouterr().out
+
+
+def test_a_bad_judge_exits_2_before_generating(tmp_path, dream_dir, rm_dir, capsys, monkeypatch):
+    monkeypatch.setattr(entrgi, "generate", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--prompt", "Hi", "--score-model", dream_dir, dream_dir=dream_dir, rm_dir=rm_dir)
+    assert exit_info.value.code == 2
+    assert "is no sequence-classification reward model" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_prompt_field_reads_a_benchmark_s_field_and_keeps_every_field(tmp_path, dream_dir, rm_dir, capsys):
+    src = tmp_path / "judgebench.jsonl"
+    src.write_text(json.dumps({"question": "Hello", "pair_id": "a-1", "prompt": "not this one"}) + "\n"
+                   + json.dumps({"question": "Why?", "pair_id": "a-2"}) + "\n")
+    out = str(tmp_path / "o.jsonl")
+    args = ("--prompts-file", str(src), "--output", out, "--prompt-field", "question")
+    run_main(*args, dream_dir=dream_dir, rm_dir=rm_dir)
+    records = sorted(map(json.loads, prompt_lines(out)[0]), key=lambda r: r["index"])
+    assert [(r["question"], r["pair_id"]) for r in records] == [("Hello", "a-1"), ("Why?", "a-2")]
+    assert records[0]["prompt"] == "not this one" and "prompt" not in records[1]      # kept as given
+    text = {"prompt": "Hello"}                                                       # the same seed, the same text
+    plain = str(tmp_path / "plain.jsonl")
+    run_main("--prompt", text["prompt"], "--output", plain, dream_dir=dream_dir, rm_dir=rm_dir)
+    assert json.loads(prompt_lines(plain)[0][0])["responses"] == records[0]["responses"]
+    run_main(*args, dream_dir=dream_dir, rm_dir=rm_dir)                              # resumes: nothing new
+    assert prompt_lines(out)[1][-1]["new_results"] == 0
+    (tmp_path / "missing.jsonl").write_text(json.dumps({"question": "Hi"}) + "\n" + json.dumps({"q": "Hi"}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--prompts-file", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "m.jsonl"),
+                 "--prompt-field", "question", dream_dir=dream_dir, rm_dir=rm_dir)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and 'line 2 has no prompt: it needs a non-empty "question" field' in last

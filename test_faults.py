@@ -1,0 +1,163 @@
+"""Faults a user meets: damaged model files, prompts files made on other systems, a disk that fills up mid-run.
+Each ends in one line `entrgi.py: error: ...`, never a traceback."""
+
+import errno
+import json
+import os
+import shutil
+
+import pytest
+
+import entrgi
+
+SMALL = ["--samples", "2", "--steps", "4", "--max-new-tokens", "6", "--device", "cpu"]
+
+
+def main(*args, dream_dir, rm_dir):
+    entrgi.main(["--dllm", dream_dir, "--reward-model", rm_dir, *SMALL, *args])
+
+
+def one_error_line(capsys, exit_info, status=2):
+    err = capsys.readouterr().err
+    assert exit_info.value.code == status and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("entrgi.py: error: ")
+    return last
+
+
+def damaged(src, tmp_path, file, change):
+    """A copy of the model folder `src` with `file` changed by change(path)."""
+    path = tmp_path / f"{os.path.basename(src)}-{file}"
+    shutil.copytree(src, path)
+    change(path / file)
+    return str(path)
+
+
+def cut(fraction):
+    return lambda f: f.write_bytes(f.read_bytes()[: int(f.stat().st_size * fraction)])
+
+
+def garble_header(f):
+    data = bytearray(f.read_bytes())
+    data[10:20] = b"\x00{;:'\"garb"                               # inside the JSON header
+    f.write_bytes(bytes(data))
+
+
+CASES = [   # (which model, file, change, what the one line says)
+    ("dllm", "model.safetensors", cut(0.5), "model.safetensors is damaged: it is cut short: "),
+    ("dllm", "model.safetensors", cut(0.0005), "model.safetensors is damaged: it is cut short"),
+    ("dllm", "model.safetensors", garble_header, "model.safetensors is damaged: its header is not JSON"),
+    ("dllm", "config.json", lambda f: f.write_text('{"model_type": "Dream",, }'), "config.json is not valid JSON "
+     "(Expecting property name enclosed in double quotes: line 1 column 24 (char 23))"),
+    ("dllm", "config.json", lambda f: f.write_text("[1, 2]"), "config.json holds no JSON object"),
+    ("dllm", "config.json", lambda f: f.unlink(), "holds no config.json"),
+    ("dllm", "vocab.json", cut(0.5), "vocab.json is not valid JSON"),
+    ("dllm", "tokenizer_config.json", cut(0.7), "tokenizer_config.json is not valid JSON"),
+    ("dllm", "merges.txt", lambda f: f.write_text("#version: 0.2\nthis line has three\n"),
+     "cannot load the tokenizer of "),
+    ("rm", "model.safetensors", cut(0.9), "model.safetensors is damaged: it is cut short"),
+    ("rm", "tokenizer.json", cut(0.5), "tokenizer.json is not valid JSON"),
+    ("rm", "config.json", lambda f: f.write_bytes(b"\xff\xfe{}"), "config.json is damaged"),
+]
+
+
+@pytest.mark.parametrize("which, file, change, message", CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_damaged_model_files_exit_2_naming_the_file(which, file, change, message, dream_dir, rm_dir, tmp_path,
+                                                    capsys, monkeypatch):
+    monkeypatch.setattr(entrgi, "generate", lambda *a, **k: pytest.fail("generated"))
+    broken = damaged(dream_dir if which == "dllm" else rm_dir, tmp_path, file, change)
+    dirs = dict(dream_dir=broken, rm_dir=rm_dir) if which == "dllm" else dict(dream_dir=dream_dir, rm_dir=broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", **dirs)
+    last = one_error_line(capsys, exit_info)
+    assert message in last and repr(broken) in last and "offline" not in last, last
+
+
+def test_offline_is_said_of_hub_names_only(dream_dir, rm_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", dream_dir="no-such-org/no-such-dllm", rm_dir=rm_dir)
+    assert "check the name, or the machine may be offline" in one_error_line(capsys, exit_info)
+
+# -----------------------------------------------------------------------------
+# prompts files from other systems
+
+
+def test_byte_order_mark_and_crlf_are_no_part_of_a_prompt(tmp_path):
+    jsonl, text = tmp_path / "p.jsonl", tmp_path / "p.txt"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "Hello", "id": 1}\r\n{"prompt": "Why?\\u2028no", "id": 2}\r\n')
+    text.write_bytes(b"\xef\xbb\xbfHello\r\n\r\nWhy?\r\n")
+    assert entrgi.read_prompts(str(jsonl)) == [{"prompt": "Hello", "id": 1}, {"prompt": "Why?\u2028no", "id": 2}]
+    assert entrgi.read_prompts(str(text)) == [{"prompt": "Hello"}, {"prompt": "Why?"}]
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_runs(tmp_path, dream_dir, rm_dir):
+    src = tmp_path / "p.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "Hello"}).encode() + b"\r\n")
+    out = tmp_path / "o.jsonl"
+    main("--prompts-file", str(src), "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert json.loads(out.read_text().splitlines()[0])["prompt"] == "Hello"
+
+# -----------------------------------------------------------------------------
+# a disk that fills up
+
+
+def full_disk(monkeypatch, room, partial):
+    """entrgi's appends and page writes go to a disk with `room` bytes left: a write that does not fit raises
+    ENOSPC having written nothing or, with partial, writes what fits and returns the count (as write(2) may)."""
+    left, real_open = [room], open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, data):
+            n = min(len(data), left[0])
+            if n == 0 or (n < len(data) and not partial):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            left[0] -= n
+            return self.f.write(data[:n])
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Full(f) if mode in ("ab", "w") else f
+    monkeypatch.setattr(entrgi, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_full_disk_ends_the_run_in_one_line_and_the_same_command_completes_it(partial, tmp_path, dream_dir, rm_dir,
+                                                                                capsys, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello\nWrite a poem\nWhy?\nOne two three\n")
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "o.jsonl"
+    args = ("--prompts-file", str(prompts), "--output", str(out))
+    main("--prompts-file", str(prompts), "--output", str(whole), dream_dir=dream_dir, rm_dir=rm_dir)
+    expected = whole.read_text().splitlines()[:4]
+    room = len("\n".join(expected[:2]).encode()) + 1 + len(expected[2]) // 2      # two lines and half the third
+    full_disk(monkeypatch, room, partial)
+    with pytest.raises(SystemExit) as exit_info:
+        main(*args, dream_dir=dream_dir, rm_dir=rm_dir)
+    last = one_error_line(capsys, exit_info, status=74)
+    reason = "only " if partial else "No space left on device"
+    assert last.startswith(f"entrgi.py: error: cannot write --output {str(out)!r}: {reason}"), last
+    assert out.read_text() == "\n".join(expected[:2]) + "\n"                     # whole lines, the half line taken back
+    monkeypatch.undo()                                                           # room again
+    main(*args, dream_dir=dream_dir, rm_dir=rm_dir)
+    assert out.read_text().splitlines()[:4] == expected
+
+
+def test_a_full_disk_leaves_no_trace_page(tmp_path, dream_dir, rm_dir, capsys, monkeypatch):
+    page = tmp_path / "t.html"
+    full_disk(monkeypatch, 100, partial=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--trace", str(page), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert f"cannot write --trace {str(page)!r}: " in one_error_line(capsys, exit_info, status=74)
+    assert os.listdir(tmp_path) == []
