@@ -28,7 +28,7 @@ METHODS = ("bon", "soft", "aps", "entrgi")
 REMASKING = ("entropy", "probability", "margin", "random")
 
 class InputError(ValueError):
-    """Bad input from the user: the command line prints the message and exits with status 2."""
+    """Bad input: the command line prints the message and exits with status 2."""
 
 class WriteError(OSError):
     """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
@@ -40,16 +40,20 @@ class Config:
     T: int = 128                    # denoising steps
     L: int = 128                    # new tokens
     M: int = 3                      # Adam steps on psi per denoising step
-    lr: float = 0.5                 # eta, Adam's learning rate (the authors' README; their scripts default to 1.0)
+    lr: float = 0.5                 # eta (the authors' README; their scripts default to 1.0)
     temperature: float = 0.7        # tau
     top_p: float = 0.95
     seed: int = 0
-    block_length: int | None = None  # B: reveal the response in blocks of B tokens, left to right (None: one block)
-    entropy_from: str = "sampling"  # w's distribution: softmax(psi / tau), the paper | "model": softmax(psi), the scripts
-    remasking: str = "entropy"      # line 5's order: entropy (the paper) | probability | margin | random, see `confidence`
-    schedule: str = "dream"         # tokens revealed per step: dream (the paper's) | linear (LLaDA's), see `schedule`
-    eos_last: bool = True           # a sampled end token is revealed after every other token (the paper's scripts)
-    guide_every: int = 1            # guide the steps 0, k, 2k, ... only (the authors' later apply_every_k); 1: all
+    block_length: int | None = None  # B: blocks of B tokens revealed left to right (None: one block)
+    entropy_from: str = "sampling"  # w from softmax(psi / tau) (the paper) | "model": softmax(psi) (the scripts)
+    remasking: str = "entropy"      # line 5's order, see `confidence`: entropy | probability | margin | random
+    schedule: str = "dream"         # tokens revealed per step, see `schedule`: dream | linear
+    eos_last: bool = True           # a sampled end token is revealed after every other token (the scripts)
+    guide_every: int = 1            # guide the steps 0, k, 2k, ... only (the authors' later apply_every_k)
+
+    @property
+    def guided(self):
+        return self.method != "bon" and self.M > 0 and self.lr > 0
 
     def check(self):
         """Raises InputError for the first setting out of its range; returns self."""
@@ -66,7 +70,8 @@ class Config:
         need(0 <= self.seed < 2**63, f"the seed must lie in [0, 2**63), got {self.seed}")
         for name, allowed in (("entropy_from", ("sampling", "model")), ("remasking", REMASKING),
                               ("schedule", ("dream", "linear"))):
-            need(getattr(self, name) in allowed, f"{name} is one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            need(value in allowed, f"{name} is one of {', '.join(allowed)}, got {value!r}")
         need(1 <= B <= self.L and self.L % B == 0, f"the block length B = {B} must divide L = {self.L}")
         need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share the T = {self.T} steps: "
              "L / B must divide T")
@@ -102,23 +107,27 @@ def top_p_sample(q, top_p, generator, candidates=2):
     V = q.shape[-1]
     flat = q.reshape(-1, V)
     u = uniform(flat.shape[0], candidates + 1, generator, q.device)
-    rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: blocks of rows that stay in cache
+    rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: row blocks that stay in cache
     x, above = [], []
     for p, w in zip(flat.split(rows), u.split(rows)):
         cdf = p.cumsum(-1)
-        x.append(torch.searchsorted(cdf, w[:, :-1] * cdf[:, -1:], right=True).clamp_(max=V - 1))   # (r, C): x ~ q
+        x.append(inverse_cdf(cdf, w[:, :-1]))                                 # (r, C): x ~ q
         if top_p < 1:                                    # the mass more likely than each candidate (in cdf's memory)
-            above.append(torch.stack([torch.linalg.vecdot(p, torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf))
-                                      for c in range(candidates)], -1))
+            more = [torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf) for c in range(candidates)]
+            above.append(torch.stack([torch.linalg.vecdot(p, m) for m in more], -1))
     x = torch.cat(x)
     ok = (flat.gather(-1, x) > 0) & (torch.cat(above) <= top_p if top_p < 1 else True)
     out = x.gather(-1, ok.int().argmax(-1, keepdim=True)).squeeze(-1)         # the first accepted candidate
     missed = ~ok.any(-1)
     if missed.any():
         p = flat[missed].double()
-        cdf = torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1)
-        out[missed] = torch.searchsorted(cdf, u[missed, -1:] * cdf[:, -1:], right=True).clamp_(max=V - 1).squeeze(-1)
+        out[missed] = inverse_cdf(torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1),
+                                  u[missed, -1:]).squeeze(-1)
     return out.view(q.shape[:-1])
+
+def inverse_cdf(cdf, u):
+    """Tokens (r, C) at uniforms u (r, C) of rows whose cumulative sums (r, V) need not end at 1."""
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
 
 def entropy(q):
     """H(q) over the last axis, with 0 log 0 = 0."""
@@ -162,15 +171,17 @@ def relax(logits, embedding, method, temperature, top_p, generator, x=None, entr
         if method == "aps":
             w = torch.ones(q.shape[:-1], device=q.device)
         else:
-            w = entropy(q if entropy_from == "sampling" else torch.softmax(logits.detach(), -1)) / math.log(q.shape[-1])
+            p = q if entropy_from == "sampling" else torch.softmax(logits.detach(), -1)
+            w = entropy(p) / math.log(q.shape[-1])
     e_hard = embedding[x]                                                 # (..., d)
     return e_soft + (w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)).detach(), w
 
 # 2. The reward bridge: dLLM tokens -> reward-model embeddings -> R
 
 def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
-    """(vocab_size,) RM token ids of the dLLM's tokens by identical string (else the RM's unk or eos), fraction matched."""
-    rm_vocab, tokens = rm_tokenizer.get_vocab(), dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
+    """(vocab_size,) RM ids of the dLLM's tokens by identical string (else unk or eos), and the fraction found."""
+    rm_vocab = rm_tokenizer.get_vocab()
+    tokens = dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
     ids = torch.full((vocab_size,), -1, dtype=torch.long)
     ids[: len(tokens)] = torch.tensor([rm_vocab.get(t, -1) for t in tokens])
     found = int((ids >= 0).sum())
@@ -180,13 +191,14 @@ def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
     if found < 0.9 * len(tokens):
         warnings.warn(f"only {found / len(tokens):.1%} of the dLLM's tokens exist in the reward model's vocabulary: "
                       "the reward model will see many unknown tokens", stacklevel=2)
-    fallback = next(i for i in (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id, 0) if i is not None)
+    fallbacks = (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id, 0)
+    fallback = next(i for i in fallbacks if i is not None)
     return ids.masked_fill(ids < 0, fallback), found / len(tokens)
 
 def rm_chat(rm_tokenizer, prompt, response):
     """The reward model's chat text for one (prompt, response) pair."""
-    return rm_tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                                            tokenize=False)
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    return rm_tokenizer.apply_chat_template(turns, tokenize=False)
 
 SLOT = "ENTRGIRESPONSESLOT"
 
@@ -234,11 +246,11 @@ def attention_bias(valid, causal, dtype, past=None):
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 # rm_score keeps a real token at the last position, where transformers pools: its padding warning does not apply
-logging.getLogger("transformers.modeling_layers").addFilter(lambda record: "inputs_embeds" not in record.getMessage())
+logging.getLogger("transformers.modeling_layers").addFilter(lambda log: "inputs_embeds" not in log.getMessage())
 
 def rm_score(rm, x, valid, past_valid=None, past_kv=None):
     """R for reward-model input embeddings x (N, T, d), valid (N, T) marking real positions (padding anywhere but
-    last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values per layer): a cached prefix."""
+    last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values a layer): a cached prefix."""
     from transformers import DynamicCache
     start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
     position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
@@ -273,7 +285,8 @@ def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
 @torch.no_grad()
 def score_texts(rm, rm_tokenizer, prompts, responses):
     """R(prompt, response) on text, re-tokenized by the reward model's own tokenizer."""
-    rows = [rm_tokenizer(rm_chat(rm_tokenizer, p, r), add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses)]
+    chats = [rm_chat(rm_tokenizer, p, r) for p, r in zip(prompts, responses)]
+    rows = [rm_tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
     E = rm.get_input_embeddings().weight
     ids, valid = left_pad(rows, 0, E.device)                            # any pad id: padding is masked out
     return rm_score(rm, E[ids], valid)                                   # left-padded: the last position is real
@@ -284,14 +297,15 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
     """M Adam steps on psi, the logits (N, m, V) fp32 at the masked positions idx (N, m) of y (N, L), up the
     reward; psi is moved in place. Returns psi and the count (a tensor: no host sync) of updates whose reward
     or gradient was not finite, given a zero gradient. Alive: psi, Adam's moments, q, one working tensor."""
-    psi = logits.detach().contiguous().requires_grad_(True)              # line 2: psi <- the logits; the dLLM stays frozen
+    psi = logits.detach().contiguous().requires_grad_(True)              # line 2: psi <- the logits (dLLM frozen)
     m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam's moments
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
     e_known = embedding[y.scatter(1, idx, 0)]                            # (N, L, d) E^R[token] where revealed
     at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])         # (N, m, d)
     for n in range(1, cfg.M + 1):                                        # line 3
-        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator, entropy_from=cfg.entropy_from)
-        tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # masked positions read as argmax psi (for EOS)
+        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
+                     entropy_from=cfg.entropy_from)
+        tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # masked positions read as argmax psi
         R = reward(e_known.scatter(1, at_idx, e), tokens)                # (N,)
         g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
         with torch.no_grad():
@@ -320,7 +334,7 @@ def schedule(T, L, kind="dream"):
     return counts
 
 def confidence(rule, q, top_p, generator):
-    """Line 5's order at the masked positions, from q (N, m, V), the unguided step distribution softmax(psi / tau):
+    """Line 5's order at the masked positions from q (N, m, V), the unguided step distribution softmax(psi / tau):
     (N, m), the most confident revealed first; for "probability", (N, m, V), to be read at the token drawn.
       entropy      -H(q)                                          Dream's entropy (Dream's takes q after top-p)
       probability  the drawn token's probability in q after top-p    Dream's maskgit_plus (LLaDA's low_confidence
@@ -348,13 +362,12 @@ def reveal_counts(y, mask_id, cfg):
     return [c for n in per_block[0].tolist() for c in schedule(cfg.T // per_block.shape[1], n, cfg.schedule)]
 
 def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
-    """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns y
-    (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) -> (N, L, V) logits, row l predicting token
-    l; reward(e (N, L, d), tokens (N, L)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order. With
-    cfg.block_length B, blocks of B tokens are revealed left to right, T / (L / B) steps each. y0 (N, L): tokens to
-    start from, as many masked in every row and block. on_step(k, y, likely): after each step that reveals tokens."""
+    """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns
+    y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) -> (N, L, V) logits, row l predicting
+    token l; reward(e (N, L, d), tokens (N, L)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order.
+    y0 (N, L): tokens to start from, as many masked in every row and block. on_step(k, y, likely): called after
+    each step that reveals tokens."""
     device, N, B = embedding.device, len(seeds) * cfg.K, cfg.block_length or L
-    guided = cfg.method != "bon" and cfg.M > 0 and cfg.lr > 0
     # one generator per prompt; separate streams, so guidance never shifts the sampler's draws
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
@@ -367,12 +380,12 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
         m = sum(counts[k:])                              # masked positions, the same in every row
         idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]       # (N, m) the masked positions, in order
         logits = denoiser(y)                                                 # line 1: (N, L, V)
-        if m < L:
-            logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (N, m, V)
+        if m < L:                                                            # (N, m, V)
+            logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         q = torch.softmax(logits / cfg.temperature, -1)                      # the unguided step distribution
         order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, read from q
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
-        if guided and k % cfg.guide_every == 0:                              # lines 2-3
+        if cfg.guided and k % cfg.guide_every == 0:                          # lines 2-3
             del q                                        # (guidance holds its own (N, m, V) tensors)
             psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide)
             skipped += s
@@ -382,7 +395,7 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
             order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         if cfg.eos_last:                                                     # line 5: a sampled end token last
             order = torch.where(torch.isin(x0, eos_ids), order - 1e4, order)
-        order = order.masked_fill(idx // B != k * (L // B) // cfg.T, -math.inf)   # in the current block only
+        order = order.masked_fill(idx // B != k * (L // B) // cfg.T, -math.inf)   # the current block only
         reveal = order.topk(counts[k], -1).indices                           # (N, counts[k]) of the m
         y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))        # line 6
         if on_step:
@@ -392,14 +405,12 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
 def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
     """EntRGi inside a sampler of one's own: hook(step, x, logits) -> logits, as Dream's diffusion_generate calls
     its generation_logits_hook_func: x (N, prompt_length + L) with the prompt, logits (N, prompt_length + L, V)
-    shifted so that row i predicts token i. At the guided steps (0, k, 2k, ... for k = cfg.guide_every) the rows of
-    the masked response positions become psi after `guide` (lines 2-3); every other row is returned untouched.
+    shifted so that row i predicts token i. At the guided steps (0, k, 2k, ... for k = cfg.guide_every) the rows
+    of the masked response positions become psi after `guide` (lines 2-3); every other row is returned untouched.
     The revealed positions go to guide pinned at their tokens (q one-hot: read as the token, zero gradient), so
     that counting the masked positions needs no host synchronisation. The logits are changed in place."""
-    guided = cfg.method != "bon" and cfg.M > 0 and cfg.lr > 0
-
     def hook(step, x, logits):
-        if not guided or step % cfg.guide_every:
+        if not cfg.guided or step % cfg.guide_every:
             return logits
         y, at = x[:, prompt_length:], x[:, prompt_length:, None]             # (N, L), (N, L, 1) the response
         masked = at == mask_id
@@ -433,43 +444,45 @@ def resolve(name_or_path):
     return path, raw
 
 def check_files(name, path):
-    """Refuses a model folder with no config.json, or a file that cannot be parsed: JSON that is not JSON, a
+    """Refuses a model folder without config.json, or with a file that cannot be parsed: JSON that is not JSON, a
     .safetensors file cut short (as an interrupted download leaves it) or with a damaged header."""
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise InputError(f"model {name!r}: {path!r} holds no config.json: pass the folder of the model")
-    for file in sorted(os.listdir(path)):
-        where = os.path.join(path, file)
+    for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
+            damage = safetensors_damage(os.path.join(path, file)) if file.endswith(".safetensors") else None
             if file.endswith(".json"):
-                with open(where, encoding="utf-8") as f:
+                with open(os.path.join(path, file), encoding="utf-8") as f:
                     json.load(f)
-            elif file.endswith(".safetensors"):
-                size = os.path.getsize(where)
-                with open(where, "rb") as f:
-                    n = int.from_bytes(f.read(8), "little")
-                    head = f.read(n) if 8 + n <= size else None
-                try:
-                    header = head and json.loads(head)
-                except ValueError:
-                    raise ValueError("its header is not JSON") from None
-                tensors = [t for k, t in (header or {}).items() if k != "__metadata__"]
-                need = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0) if header else 8 + n
-                if size < need:
-                    raise ValueError(f"it is cut short: {size} of its {need} bytes (an interrupted download?)")
-        except json.JSONDecodeError as err:
-            raise InputError(f"model {name!r}: {file} is not valid JSON ({err}): the file is damaged; get it "
-                             "again") from None
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-            raise InputError(f"model {name!r}: {file} is damaged: {err or type(err).__name__}; get it again") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            damage = f"it is not valid JSON ({err})" if isinstance(err, json.JSONDecodeError) else "it is not UTF-8"
         except OSError as err:
             raise InputError(f"model {name!r}: cannot read {file}: {err.strerror or err}") from None
+        if damage:
+            raise InputError(f"model {name!r}: {file} is damaged: {damage}; get it again")
+
+def safetensors_damage(path):
+    """What is wrong with a .safetensors file, judged by its header and its size (the weights are not read)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")              # the header's length, then the header: JSON
+        header = f.read(n) if 8 + n <= size else None
+    if header is None:
+        return f"it is cut short: {size} bytes, less than its header needs (an interrupted download?)"
+    try:
+        tensors = [t for k, t in json.loads(header).items() if k != "__metadata__"]
+        end = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "its header is not JSON"
+    return f"it is cut short: {size} of its {end} bytes (an interrupted download?)" if size < end else None
 
 def loaded(name, what, load):
     """load(), or an InputError naming the model and which of its parts could not be loaded, and why."""
     try:
         return load()
     except Exception as err:                             # any library's error on files it could not use
-        raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {' '.join(str(err).split())}")
+        why = " ".join(str(err).split())
+        raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {why}") from None
 
 def pick_dtype(device, dtype):
     if dtype in (None, "auto"):
@@ -517,15 +530,16 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
     path, raw = resolve(name_or_path)
     kind, mask_id = raw.get("model_type"), raw.get("mask_token_id")
     if kind not in ("Dream", "llada"):
-        raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
-    config = dllm_config(name_or_path, kind, raw)
+        raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type "
+                         f"{kind!r}")
+    config, mapping = dllm_config(name_or_path, kind, raw), LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
-        path, config=config, dtype=pick_dtype(device, dtype), key_mapping=LLADA_WEIGHTS if kind == "llada" else None,
-        output_loading_info=True))
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {sorted(info['missing_keys'])[:4]},"
-                         f" unexpected {sorted(info['unexpected_keys'])[:4]}")
+        path, config=config, dtype=pick_dtype(device, dtype), key_mapping=mapping, output_loading_info=True))
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected:
+        raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
     tokenizer_class = tf.Qwen2Tokenizer if kind == "Dream" else tf.PreTrainedTokenizerFast
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
     if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
@@ -547,7 +561,8 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
     if model.config.num_labels != 1:
-        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels: a reward is one score")
+        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels: a reward is one "
+                         "score")
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 def dllm_logits(model, ids, valid, last=None):
@@ -560,16 +575,19 @@ def dllm_logits(model, ids, valid, last=None):
 
 def dllm_prompt_ids(tokenizer, prompt):
     """The dLLM's chat-formatted prompt, ready for the assistant's reply."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    turn = [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 def check_fits(model, prompts, L):
-    if max(map(len, prompts)) + L > model.config.max_position_embeddings:
-        raise InputError(f"prompt ({max(map(len, prompts))} tokens) + L ({L}) exceeds the dLLM's "
-                         f"{model.config.max_position_embeddings} positions: shorten the prompt or lower --max-new-tokens")
+    longest, room = max(map(len, prompts)), model.config.max_position_embeddings
+    if longest + L > room:
+        raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} positions: shorten the "
+                         "prompt or lower --max-new-tokens")
 
 def make_denoiser(model, prompts, K, L, mask_id):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts; the mask is never proposed."""
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts; the mask token is never
+    proposed."""
     check_fits(model, prompts, L)
     prompt, prompt_valid = (t.repeat_interleave(K, 0) for t in left_pad(prompts, 0, model.device))   # any pad id
 
@@ -583,7 +601,8 @@ def make_denoiser(model, prompts, K, L, mask_id):
 def end_ids(tokenizer):
     """Token ids that end a response: eos, pad, and a chat turn's end (<|im_end|>, <|eot_id|>) where present."""
     vocab = tokenizer.get_vocab()
-    return sorted({tokenizer.eos_token_id, tokenizer.pad_token_id, vocab.get("<|im_end|>"), vocab.get("<|eot_id|>")} - {None})
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, vocab.get("<|im_end|>"), vocab.get("<|eot_id|>")}
+    return sorted(ids - {None})
 
 def decode(tokenizer, y, eos_ids):
     """(N, L) tokens -> N response strings, each cut at its first end token."""
@@ -679,28 +698,35 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
             results[-1].update(top1_score=S[best], avg_score=sum(S) / len(S))
     return results
 
-def trace_page(prompt, run_settings, runs, traces, tokenizer):
-    """A self-contained HTML page of the denoising from the (k, y, likely) `sample` reported: the methods side by side,
-    a slider over the steps, tokens marked where not the unguided step's most likely. A token shows its share of the
-    text: the first n shares join into the first n tokens' decode (a character split over tokens goes to the last)."""
+def pieces(tokenizer, ids):
+    """The decoded text of ids in one piece a token: the first n pieces join into the decode of the first n tokens
+    (a character split over tokens goes to its last token)."""
+    text, cut = tokenizer.decode(ids, skip_special_tokens=True), [0]
+    for n in range(1, len(ids) + 1):
+        head = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
+    return [text[u:v] for u, v in zip(cut, cut[1:])]
+
+def trace_page(prompt, settings, runs, traces, tokenizer):
+    """A self-contained HTML page of the denoising from the (k, y, likely) that `sample` reported: the methods side
+    by side, a slider over the steps, each token marked where it is not the unguided step's most likely."""
     eos, columns = torch.tensor(end_ids(tokenizer)), []
     for run, trace in zip(runs, traces):
-        step, changed = torch.full_like(trace[-1][1], -1), torch.zeros_like(trace[-1][1], dtype=torch.bool)
-        for k, y, likely in trace:
-            new = (y != tokenizer.mask_token_id) & (step < 0)
-            step[new], changed = k, changed | new & (y != likely)
+        y = trace[-1][1]
+        step, changed = torch.full_like(y, -1), torch.zeros_like(y, dtype=torch.bool)
+        for k, y_k, likely in trace:                     # the step that revealed each token; not the likely one?
+            new = (y_k != tokenizer.mask_token_id) & (step < 0)
+            step[new], changed = k, changed | new & (y_k != likely)
         columns.append(f"<div><h2>{run['method']}</h2>")
-        for j, (row, at, mark, r) in enumerate(zip(trace[-1][1], step.tolist(), changed.tolist(), run["responses"])):
+        for j, (row, at, marked, r) in enumerate(zip(y, step.tolist(), changed.tolist(), run["responses"])):
             ids = row[: int(reads(row[None], eos).sum())].tolist()            # up to the first end token
-            text, cut = tokenizer.decode(ids, skip_special_tokens=True), [0]
-            for n in range(1, len(ids) + 1):
-                cut.append(max(cut[-1], len(os.path.commonprefix([tokenizer.decode(ids[:n], skip_special_tokens=True), text]))))
-            pieces = [text[u:v] for u, v in zip(cut, cut[1:])] + ["\u00b7"] * (len(at) - len(ids))   # a dot after the end
-            columns.append(f'<div class="t"><strong>trajectory {j}: reward {r["reward"]:.4f}</strong>\n' + "".join(
-                f'<span data-k="{at[l]}" class="{"c" if mark[l] else ""}{" e" if l >= len(ids) else ""}">{html.escape(p)}</span>'
-                for l, p in enumerate(pieces)) + "</div>")
+            shown = pieces(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))   # a dot after the end
+            spans = (f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
+                     f"{html.escape(piece)}</span>" for l, piece in enumerate(shown))
+            columns.append(f'<div class="t"><strong>trajectory {j}: reward {r["reward"]:.4f}</strong>\n'
+                           + "".join(spans) + "</div>")
         columns.append("</div>")
-    fill = {"PROMPT": html.escape(prompt), "SETTINGS": html.escape(json.dumps(run_settings)), "RUNS": "".join(columns),
+    fill = {"PROMPT": html.escape(prompt), "SETTINGS": html.escape(json.dumps(settings)), "RUNS": "".join(columns),
             "STEPS": json.dumps([k for k, _, _ in traces[0]])}
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)        # one pass: no text is read twice
 
@@ -711,17 +737,25 @@ body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .new { back
 .t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace }
 .m { color: transparent !important; background: #e4e4e4 } .c:not(.m) { text-decoration: underline wavy red }
 </style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT<br><small>SETTINGS</small></p>
-<div id="bar"><button id="prev">&lt;</button> <input id="k" type="range" min="0"> <button id="next">&gt;</button> <span id="at"></span>
-<br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided
-step's most likely token</span>, <span class="e">&middot;</span> after the end</small></div><div id="runs">RUNS</div><script>
+<div id="bar"><button id="prev">&lt;</button> <input id="k" type="range" min="0"> <button id="next">&gt;</button>
+<span id="at"></span><br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>,
+<span class="c">not the unguided step's most likely token</span>, <span class="e">&middot;</span> after the end</small>
+</div><div id="runs">RUNS</div><script>
 const steps = STEPS, k = document.getElementById("k"), spans = document.querySelectorAll("span[data-k]");
+const at = document.getElementById("at");
 function show(i) {
   k.value = i = Math.max(0, Math.min(steps.length - 1, i));
-  document.getElementById("at").textContent = `step ${steps[i] + 1} (${i + 1} of the ${steps.length} that reveal tokens)`;
-  for (const s of spans) { s.classList.toggle("m", +s.dataset.k > steps[i]); s.classList.toggle("new", +s.dataset.k === steps[i]); }
+  at.textContent = `step ${steps[i] + 1} (${i + 1} of the ${steps.length} that reveal tokens)`;
+  for (const s of spans) {
+    s.classList.toggle("m", +s.dataset.k > steps[i]);
+    s.classList.toggle("new", +s.dataset.k === steps[i]);
+  }
 }
-k.max = steps.length - 1; k.oninput = () => show(+k.value); show(steps.length - 1);
-document.getElementById("prev").onclick = () => show(+k.value - 1); document.getElementById("next").onclick = () => show(+k.value + 1);
+k.max = steps.length - 1;
+k.oninput = () => show(+k.value);
+document.getElementById("prev").onclick = () => show(+k.value - 1);
+document.getElementById("next").onclick = () => show(+k.value + 1);
+show(steps.length - 1);
 </script></body></html>
 """
 
@@ -736,12 +770,13 @@ def read_prompts(path, field="prompt"):
     records = []
     for n, line in lines:
         try:
-            records.append(json.loads(line) if path.endswith(".jsonl") else {field: line})
+            record = json.loads(line) if path.endswith(".jsonl") else {field: line}
         except json.JSONDecodeError:
             raise InputError(f"{path} line {n} is not JSON: each line of a .jsonl prompts file is one JSON object") \
                 from None
-        if not (isinstance(records[-1], dict) and isinstance(records[-1].get(field), str) and records[-1][field].strip()):
+        if not (isinstance(record, dict) and isinstance(record.get(field), str) and record[field].strip()):
             raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
+        records.append(record)
     if not records:
         raise InputError(f"--prompts-file {path!r} holds no prompt")
     return records
@@ -843,9 +878,10 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
     results, traces, one = [], [], args.prompt is not None
     for b in range(0, len(todo), args.batch_size):
         for cfg in cfgs:
-            batch, trace, began = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left], [], time.perf_counter()
+            batch, trace = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left], []
             if not batch:
                 continue
+            began = time.perf_counter()
             out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
                            one, (lambda *step: trace.append(step)) if args.trace else None, judge)
             for i, result in zip(batch, out):
@@ -856,8 +892,9 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
                     print(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
                 if args.output:
                     append_line(args.output, results[-1])
+                seconds = (time.perf_counter() - began) / len(batch)
                 print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
-                      f"{result['avg_reward']:.4f}  {(time.perf_counter() - began) / len(batch):.1f} s", file=sys.stderr)
+                      f"{result['avg_reward']:.4f}  {seconds:.1f} s", file=sys.stderr)
     return results, traces
 
 def summarize(args, results, prompts, settings, new, seconds):
@@ -878,13 +915,13 @@ def summarize(args, results, prompts, settings, new, seconds):
     for m, row in table.items():
         print(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
     if args.output:
-        append_line(args.output, {"summary": {"prompts": len(prompts), "results": len(results), "new_results": new,
-                                              "settings": settings, "seconds_per_result": seconds / new if new else None,
-                                              "table": table}})
+        append_line(args.output, {"summary": {
+            "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
+            "seconds_per_result": seconds / new if new else None, "table": table}})
 
 def run(args):
-    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended as a
-    JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary at the end."""
+    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended
+    as a JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary."""
     cfgs, prompts, settings = check_run(args)
     done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
@@ -896,8 +933,8 @@ def run(args):
     if world > 1:
         torch.distributed.barrier()
     models, judge = load_models(args, device)
-    dllm, tok = models[:2]
-    check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)  # before writing
+    dllm, tok = models[:2]                               # every prompt must fit before anything is written
+    check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
     todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
     start = time.perf_counter()
     results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo)
@@ -923,7 +960,7 @@ def main(argv=None):
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
             benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M,
                       steps=args.benchmark_steps, method=cfg.method, layers=args.benchmark_layers,
-                      first_step=args.benchmark_first_step)
+                      first_step=args.benchmark_first_step, guide_every=cfg.guide_every)
         elif (args.prompt is None) == (args.prompts_file is None):
             raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
         else:
@@ -937,64 +974,77 @@ def main(argv=None):
 
 # 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
 
-SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-               num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, num_labels=1, pad_token_id=151643)
+SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+               num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
+               num_labels=1, pad_token_id=151643)
 PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Qwen3, one label)
-    "real": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,   # Dream
-                                 num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,     # 7B
-                                 tie_word_embeddings=False, shift_logits=True), SKYWORK),
-    "llada": ("LlamaConfig", dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,  # LLaDA
-                                  num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,   # 8B
-                                  tie_word_embeddings=False, shift_logits=False), SKYWORK),
+    "real": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                 num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False, shift_logits=True), SKYWORK),               # Dream 7B
+    "llada": ("LlamaConfig", dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+                                  num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,
+                                  tie_word_embeddings=False, shift_logits=False), SKYWORK),             # LLaDA 8B
     "small": ("Qwen2Config", dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                                  num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
-              dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=6,
-                   num_key_value_heads=2, head_dim=64, num_labels=1, pad_token_id=0)),
-    "tiny": ("Qwen2Config", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),       # the tests' models
+                                  num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
+                                  shift_logits=True),
+              dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
+                   num_attention_heads=6, num_key_value_heads=2, head_dim=64, num_labels=1, pad_token_id=0)),
+    "tiny": ("Qwen2Config", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                 shift_logits=True),                                                      # the tests'
              dict(vocab_size=360, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)),
 }
 
-def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
-              layers=None, first_step=False):
-    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
-    floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs."""
+def random_models(preset, device, dtype, layers=None):
+    """A preset's dLLM and reward model with random weights (`layers` layers each where asked), frozen."""
     import transformers as tf
-    preset, (kind, dllm_fields, rm_fields) = (preset, PRESETS[preset]) if isinstance(preset, str) else ("custom", preset)
-    dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
+    kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
+    depth = {"num_hidden_layers": layers} if layers else {}
     torch.manual_seed(0)
-    with torch.device(device):                           # random weights, `layers` layers each where asked
-        depth = {"num_hidden_layers": layers} if layers else {}
+    with torch.device(device):
         dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), dtype=dtype)
         rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}), dtype=dtype)
-    dllm, rm = bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
-    V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator().manual_seed(0)
-    prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
-    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
-    y0 = torch.randint(0, V - 2, (K, L), generator=g)
-    y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)   # mask id V - 1, end id V - 2
-    cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
-    denoiser, reward = make_denoiser(dllm, [prompt], K, L, V - 1), make_reward(rm, [prefix], [suffix], K, [V - 2])
-    step = lambda: sample(denoiser, reward, embedding, [0], L, V - 1, [V - 2], cfg, y0=y0)
-    status = lambda key: next(int(line.split()[1]) / 2**20 for line in open("/proc/self/status") if line.startswith(key))
-    linux = not cuda and os.path.exists("/proc/self/clear_refs")
+    return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
+
+def peak_memory(fn, cuda):
+    """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only, else None)."""
+    status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
+    if not cuda and not os.path.exists("/proc/self/clear_refs"):
+        fn()
+        return None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    elif linux:
+    else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                 # resets the peak resident set, VmHWM
-    before = torch.cuda.memory_allocated() / 2**30 if cuda else status("VmRSS:") if linux else 0
-    step()
-    peak = torch.cuda.max_memory_allocated() / 2**30 - before if cuda else status("VmHWM:") - before if linux else None
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    before = torch.cuda.memory_allocated() / 2**30 if cuda else status("VmRSS:")
+    fn()
+    return (torch.cuda.max_memory_allocated() / 2**30 if cuda else status("VmHWM:")) - before
+
+def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
+              layers=None, first_step=False, guide_every=1):
+    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
+    floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs.
+    guide_every k > 1: an unguided step too, and the mean step of a run guided every k-th step."""
+    dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
+    dllm, rm = random_models(preset, device, dtype, layers)
+    V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
+    prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
+    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
+    y0 = torch.randint(0, V - 2, (K, L), generator=g)                    # mask id V - 1, end id V - 2
+    y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
+    cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
+    denoiser, reward = make_denoiser(dllm, [prompt], K, L, V - 1), make_reward(rm, [prefix], [suffix], K, [V - 2])
+    step = lambda c=cfg: sample(denoiser, reward, embedding, [0], L, V - 1, [V - 2], c, y0=y0)
+    peak = peak_memory(step, cuda)
 
     def timed(fn):
         times = []
         for _ in range(steps + 1):                       # the first warms up
             start = time.perf_counter()
             fn()
-            sync()
+            torch.cuda.synchronize() if cuda else None
             times.append(time.perf_counter() - start)
         return sorted(times[1:])[steps // 2]
     q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
@@ -1003,20 +1053,37 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     with torch.no_grad():
         parts = {"dLLM forward": timed(lambda: denoiser(y0))}
     parts[f"{M} x reward forward + backward"] = M * timed(lambda: torch.autograd.grad(reward(x, y0).sum(), x))
-    parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e))
+    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
+    parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(soft)
     floor, total = sum(parts.values()), timed(step)
+    unguided = timed(lambda: step(Config("bon", K, T=1, L=L))) if guide_every > 1 else None
     draw, softmax = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device))), timed(lambda: q.softmax(-1))
     weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
-    print(f"benchmark: {preset} preset" + (f" with {layers} layers" if layers else "") + f", {device}, {str(dtype)[6:]}, "
-          f"K = {K}, L = {L} ({m} masked), M = {M}, prompt {P} tokens, {method}, median of {steps}")
-    for name, value in [*parts.items(), ("floor", floor), ("guided step", total), ("beyond the floor", total - floor)]:
-        print(f"  {name:<38} {value * 1e3:10.1f} ms")
-    print(f"  {'guided step / floor':<38} {total / floor:10.2f}\n  {'top-p draw / softmax (K m x |V|)':<38} {draw / softmax:10.2f}"
-          f"   ({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)\n  {'peak memory beyond the weights':<38} "
-          + (f"{peak:10.2f} GiB" if peak is not None else "       n/a") + f"   (weights {weights:.2f} GiB)")
-    return {"preset": preset, "layers": layers, "device": device, "K": K, "L": L, "masked": m, "M": M, "method": method,
-            "parts_s": parts, "floor_s": floor, "total_s": total, "ratio": total / floor, "top_p_draw_s": draw,
-            "softmax_s": softmax, "peak_beyond_weights_gib": peak, "weights_gib": weights}
+    result = {"preset": preset if isinstance(preset, str) else "custom", "layers": layers, "device": device, "K": K,
+              "L": L, "masked": m, "M": M, "method": method, "parts_s": parts, "floor_s": floor, "total_s": total,
+              "ratio": total / floor, "top_p_draw_s": draw, "softmax_s": softmax, "peak_beyond_weights_gib": peak,
+              "weights_gib": weights, "unguided_s": unguided, "guide_every": guide_every,
+              "mean_step_s": (total + (guide_every - 1) * unguided) / guide_every if unguided else total}
+    report(result, dtype, P, steps)
+    return result
+
+def report(r, dtype, P, steps):
+    """Prints what `benchmark` measured."""
+    print(f"benchmark: {r['preset']} preset" + (f" with {r['layers']} layers" if r["layers"] else "")
+          + f", {r['device']}, {str(dtype)[6:]}, K = {r['K']}, L = {r['L']} ({r['masked']} masked), M = {r['M']}, "
+          f"prompt {P} tokens, {r['method']}, median of {steps}")
+    times = [*r["parts_s"].items(), ("floor", r["floor_s"]), ("guided step", r["total_s"]),
+             ("beyond the floor", r["total_s"] - r["floor_s"])]
+    if r["unguided_s"] is not None:
+        times += [("unguided step", r["unguided_s"]), (f"mean step, guided every {r['guide_every']}", r["mean_step_s"])]
+    for name, seconds in times:
+        print(f"  {name:<38} {seconds * 1e3:10.1f} ms")
+    print(f"  {'guided step / floor':<38} {r['ratio']:10.2f}")
+    draw, softmax, peak = r["top_p_draw_s"], r["softmax_s"], r["peak_beyond_weights_gib"]
+    print(f"  {'top-p draw / softmax (K m x |V|)':<38} {draw / softmax:10.2f}   "
+          f"({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
+    peak = "       n/a" if peak is None else f"{peak:10.2f} GiB"
+    print(f"  {'peak memory beyond the weights':<38} {peak}   (weights {r['weights_gib']:.2f} GiB)")
 
 if __name__ == "__main__":
     main()

@@ -47,17 +47,17 @@ CASES = [   # (which model, file, change, what the one line says)
     ("dllm", "model.safetensors", cut(0.5), "model.safetensors is damaged: it is cut short: "),
     ("dllm", "model.safetensors", cut(0.0005), "model.safetensors is damaged: it is cut short"),
     ("dllm", "model.safetensors", garble_header, "model.safetensors is damaged: its header is not JSON"),
-    ("dllm", "config.json", lambda f: f.write_text('{"model_type": "Dream",, }'), "config.json is not valid JSON "
+    ("dllm", "config.json", lambda f: f.write_text('{"model_type": "Dream",, }'), "config.json is damaged: it is not valid JSON "
      "(Expecting property name enclosed in double quotes: line 1 column 24 (char 23))"),
     ("dllm", "config.json", lambda f: f.write_text("[1, 2]"), "config.json holds no JSON object"),
     ("dllm", "config.json", lambda f: f.unlink(), "holds no config.json"),
-    ("dllm", "vocab.json", cut(0.5), "vocab.json is not valid JSON"),
-    ("dllm", "tokenizer_config.json", cut(0.7), "tokenizer_config.json is not valid JSON"),
+    ("dllm", "vocab.json", cut(0.5), "vocab.json is damaged: it is not valid JSON"),
+    ("dllm", "tokenizer_config.json", cut(0.7), "tokenizer_config.json is damaged: it is not valid JSON"),
     ("dllm", "merges.txt", lambda f: f.write_text("#version: 0.2\nthis line has three\n"),
      "cannot load the tokenizer of "),
     ("rm", "model.safetensors", cut(0.9), "model.safetensors is damaged: it is cut short"),
-    ("rm", "tokenizer.json", cut(0.5), "tokenizer.json is not valid JSON"),
-    ("rm", "config.json", lambda f: f.write_bytes(b"\xff\xfe{}"), "config.json is damaged"),
+    ("rm", "tokenizer.json", cut(0.5), "tokenizer.json is damaged: it is not valid JSON"),
+    ("rm", "config.json", lambda f: f.write_bytes(b"\xff\xfe{}"), "config.json is damaged: it is not UTF-8"),
 ]
 
 
