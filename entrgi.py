@@ -79,77 +79,6 @@ class Config:
 
 # 1. The relaxation: how a masked position is fed to the reward model
 
-def uniform(rows, cols, generator, device):
-    """(rows, cols) uniforms in [0, 1). generator: one, or one per prompt drawing its own block of rows, so that
-    a prompt's draws do not depend on the prompts batched with it."""
-    gens = generator if isinstance(generator, (list, tuple)) else [generator]
-    return torch.cat([torch.rand((rows // len(gens), cols), generator=g, device=device) for g in gens])
-
-def nucleus(q, top_p, k=64):
-    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it.
-    Read from the k most likely tokens; rows whose nucleus may reach past them are sorted, after one host sync."""
-    def least(s):                                        # s (..., n) descending -> (...,), and whether all n are in
-        n = ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True)
-        return s.gather(-1, n - 1).squeeze(-1), n.squeeze(-1) == s.shape[-1]
-    s = q.topk(min(k, q.shape[-1]), -1).values
-    out, full = least(s)
-    far = full & (s.shape[-1] < q.shape[-1])             # the k-th token is in: the nucleus may reach further
-    if far.any():
-        out[far] = least(q[far].sort(-1, descending=True).values)[0]
-    return out
-
-def top_p_sample(q, top_p, generator, candidates=2):
-    """x ~ q (..., V) restricted to its nucleus, exactly: the tokens whose more likely tokens hold at most top_p of
-    the mass (Dream's rule; equally likely tokens stay or go together). No sort of the vocabulary: each row draws
-    `candidates` tokens from q and keeps the first inside the nucleus (at least top_p of the mass); rows missing
-    them all, with probability (1 - top_p)^candidates at most, draw from the nucleus found by `nucleus`, after
-    one host synchronisation. generator: as `uniform` takes it."""
-    V = q.shape[-1]
-    flat = q.reshape(-1, V)
-    u = uniform(flat.shape[0], candidates + 1, generator, q.device)
-    rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: row blocks that stay in cache
-    x, above = [], []
-    for p, w in zip(flat.split(rows), u.split(rows)):
-        cdf = p.cumsum(-1)
-        x.append(inverse_cdf(cdf, w[:, :-1]))                                 # (r, C): x ~ q
-        if top_p < 1:                                    # the mass more likely than each candidate (in cdf's memory)
-            more = [torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf) for c in range(candidates)]
-            above.append(torch.stack([torch.linalg.vecdot(p, m) for m in more], -1))
-    x = torch.cat(x)
-    ok = (flat.gather(-1, x) > 0) & (torch.cat(above) <= top_p if top_p < 1 else True)
-    out = x.gather(-1, ok.int().argmax(-1, keepdim=True)).squeeze(-1)         # the first accepted candidate
-    missed = ~ok.any(-1)
-    if missed.any():
-        p = flat[missed].double()
-        out[missed] = inverse_cdf(torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1),
-                                  u[missed, -1:]).squeeze(-1)
-    return out.view(q.shape[:-1])
-
-def inverse_cdf(cdf, u):
-    """Tokens (r, C) at uniforms u (r, C) of rows whose cumulative sums (r, V) need not end at 1."""
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
-
-def entropy(q):
-    """H(q) over the last axis, with 0 log 0 = 0."""
-    return torch.special.entr(q).sum(-1)
-
-class SoftEmbedding(torch.autograd.Function):
-    """e_soft = q @ E, q = softmax(psi / tau), differentiated in psi, its backward written out to run in one (..., V)
-    buffer: d e_soft / d psi_i = q_i (E_i - e_soft) / tau, so grad_psi = q (g - <q, g>) / tau with g = grad_e E^T."""
-
-    @staticmethod
-    def forward(ctx, psi, q, E, tau):
-        ctx.save_for_backward(q, E)
-        ctx.tau = tau
-        return q.to(E.dtype) @ E                                          # (..., d)
-
-    @staticmethod
-    def backward(ctx, grad_e):
-        q, E = ctx.saved_tensors
-        g = (grad_e @ E.T).to(q.dtype)                                    # (..., V)
-        g -= (g.unsqueeze(-2) @ q.unsqueeze(-1)).squeeze(-1)              # <q, g>, without a (..., V) product
-        return g.mul_(q).div_(ctx.tau), None, None, None
-
 def relax(logits, embedding, method, temperature, top_p, generator, x=None, entropy_from="sampling"):
     """The reward model's input e (..., d) for positions with logits psi (..., V), and the entropy weights w (...);
     embedding (V, d): E^R rows in the dLLM's vocabulary order.
@@ -175,6 +104,76 @@ def relax(logits, embedding, method, temperature, top_p, generator, x=None, entr
             w = entropy(p) / math.log(q.shape[-1])
     e_hard = embedding[x]                                                 # (..., d)
     return e_soft + (w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)).detach(), w
+
+class SoftEmbedding(torch.autograd.Function):
+    """e_soft = q @ E, q = softmax(psi / tau), differentiated in psi, its backward written out to run in one (..., V)
+    buffer: d e_soft / d psi_i = q_i (E_i - e_soft) / tau, so grad_psi = q (g - <q, g>) / tau with g = grad_e E^T."""
+
+    @staticmethod
+    def forward(ctx, psi, q, E, tau):
+        ctx.save_for_backward(q, E)
+        ctx.tau = tau
+        return q.to(E.dtype) @ E                                          # (..., d)
+
+    @staticmethod
+    def backward(ctx, grad_e):
+        q, E = ctx.saved_tensors
+        g = (grad_e @ E.T).to(q.dtype)                                    # (..., V)
+        g -= (g.unsqueeze(-2) @ q.unsqueeze(-1)).squeeze(-1)              # <q, g>, without a (..., V) product
+        return g.mul_(q).div_(ctx.tau), None, None, None
+
+def entropy(q):
+    """H(q) over the last axis, with 0 log 0 = 0."""
+    return torch.special.entr(q).sum(-1)
+
+def top_p_sample(q, top_p, generator, candidates=2):
+    """x ~ q (..., V) restricted to its nucleus, exactly: the tokens whose more likely tokens hold at most top_p of
+    the mass (Dream's rule; equally likely tokens stay or go together). No sort of the vocabulary: each row draws
+    `candidates` tokens from q and keeps the first inside the nucleus; rows missing them all (probability at most
+    (1 - top_p)^candidates) draw from the nucleus `nucleus` finds, after one host synchronisation."""
+    V = q.shape[-1]
+    flat = q.reshape(-1, V)
+    u = uniform(flat.shape[0], candidates + 1, generator, q.device)
+    rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: row blocks that stay in cache
+    x, above = [], []
+    for p, w in zip(flat.split(rows), u.split(rows)):
+        cdf = p.cumsum(-1)
+        x.append(inverse_cdf(cdf, w[:, :-1]))                                 # (r, C): x ~ q
+        if top_p < 1:                                    # the mass more likely than each candidate (in cdf's memory)
+            mass = [torch.linalg.vecdot(p, torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf))
+                    for c in range(candidates)]
+            above.append(torch.stack(mass, -1))
+    x = torch.cat(x)
+    ok = (flat.gather(-1, x) > 0) & (torch.cat(above) <= top_p if top_p < 1 else True)
+    out = x.gather(-1, ok.int().argmax(-1, keepdim=True)).squeeze(-1)         # the first accepted candidate
+    missed = ~ok.any(-1)
+    if missed.any():
+        p = flat[missed].double()
+        out[missed] = inverse_cdf(torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1),
+                                  u[missed, -1:]).squeeze(-1)
+    return out.view(q.shape[:-1])
+
+def inverse_cdf(cdf, u):
+    """Tokens (r, C) at uniforms u (r, C) of rows whose cumulative sums (r, V) need not end at 1."""
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+
+def nucleus(q, top_p, k=64):
+    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it.
+    Read from the k most likely tokens; rows whose nucleus may reach past them are sorted, after one host sync."""
+    def least(s):                                        # s (..., n) descending -> (...,), and whether all n are in
+        n = ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True)
+        return s.gather(-1, n - 1).squeeze(-1), n.squeeze(-1) == s.shape[-1]
+    s = q.topk(min(k, q.shape[-1]), -1).values
+    out, full = least(s)
+    far = full & (s.shape[-1] < q.shape[-1])             # the k-th token is in: the nucleus may reach further
+    if far.any():
+        out[far] = least(q[far].sort(-1, descending=True).values)[0]
+    return out
+
+def uniform(rows, cols, generator, device):
+    """(rows, cols) uniforms; generator: one, or one a prompt, each drawing its own block of rows (see `sample`)."""
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    return torch.cat([torch.rand((rows // len(gens), cols), generator=g, device=device) for g in gens])
 
 # 2. The reward bridge: dLLM tokens -> reward-model embeddings -> R
 
@@ -274,7 +273,6 @@ def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
         prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
     pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
     e_suf = E[suf]                                                       # (N, S, d), its last token real
-
     def reward(e, tokens):
         seen = reads(tokens, end_ids, lead_ids)                          # (N, L)
         n = int((seen * torch.arange(1, seen.shape[1] + 1, device=seen.device)).amax())   # the longest read prefix
@@ -321,59 +319,22 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
 
 # 4. The sampler (Algorithm 1)
 
-def schedule(T, L, kind="dream"):
-    """Tokens revealed at each of T steps, L in all. dream: floor(n_masked (1 - t_{k+1} / t_k)) with
-    t = linspace(1, 1e-3, T + 1), the rest at the last step (Dream's); linear: L // T each, one more in the
-    first L % T steps (LLaDA's)."""
-    if kind == "linear":
-        return [L // T + (k < L % T) for k in range(T)]
-    t, counts = torch.linspace(1, 1e-3, T + 1), []
-    for k in range(T):
-        n = L - sum(counts)
-        counts.append(n if k == T - 1 else int(n * (1 - t[k + 1] / t[k])))
-    return counts
-
-def confidence(rule, q, top_p, generator):
-    """Line 5's order at the masked positions from q (N, m, V), the unguided step distribution softmax(psi / tau):
-    (N, m), the most confident revealed first; for "probability", (N, m, V), to be read at the token drawn.
-      entropy      -H(q)                                          Dream's entropy (Dream's takes q after top-p)
-      probability  the drawn token's probability in q after top-p    Dream's maskgit_plus (LLaDA's low_confidence
-                                                                      reads softmax(logits): tau 1, top-p 1 here)
-      margin       top-1 minus top-2 probability of q after top-p     Dream's topk_margin
-      random       uniform, from the sampler's generators             LLaDA's random"""
-    if rule == "entropy":
-        return -entropy(q)
-    if rule == "random":
-        return uniform(q.shape[0], q.shape[1], generator, q.device)
-    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0        # after top-p: q / Z inside the nucleus
-    kept = torch.where(q >= least, q, 0)
-    if rule == "probability":
-        return kept.div_(kept.sum(-1, keepdim=True))
-    top2 = kept.topk(2, -1).values
-    return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
-
-def reveal_counts(y, mask_id, cfg):
-    """Tokens revealed at each of the T steps, the same in every row of y (N, L): the masked positions of each
-    block of B, left to right, on cfg.schedule over T / (L / B) steps a block."""
-    N, L = y.shape
-    per_block = (y == mask_id).view(N, L // (cfg.block_length or L), -1).sum(-1)   # (N, blocks) masked positions
-    if (per_block != per_block[0]).any():
-        raise InputError("every row of y0 needs as many masked positions as the others, in every block")
-    return [c for n in per_block[0].tolist() for c in schedule(cfg.T // per_block.shape[1], n, cfg.schedule)]
-
 def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
     """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns
     y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) -> (N, L, V) logits, row l predicting
     token l; reward(e (N, L, d), tokens (N, L)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order.
-    y0 (N, L): tokens to start from, as many masked in every row and block. on_step(k, y, likely): called after
-    each step that reveals tokens."""
+    y0 (N, L): tokens to start from. on_step(k, y, likely): called after each step that reveals tokens."""
     device, N, B = embedding.device, len(seeds) * cfg.K, cfg.block_length or L
     # one generator per prompt; separate streams, so guidance never shifts the sampler's draws
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    counts, skipped = reveal_counts(y, mask_id, cfg), torch.zeros((), dtype=torch.long, device=device)
+    per_block = (y == mask_id).view(N, L // B, B).sum(-1)                # (N, blocks) masked positions
+    if (per_block != per_block[0]).any():
+        raise InputError("every row of y0 needs as many masked positions as the others, in every block")
+    counts = [c for n in per_block[0].tolist() for c in schedule(cfg.T * B // L, n, cfg.schedule)]   # a step each
+    skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
             continue
@@ -402,13 +363,41 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
             on_step(k, y, likely)
     return y, skipped
 
+def schedule(T, L, kind="dream"):
+    """Tokens revealed at each of T steps, L in all. dream: floor(n_masked (1 - t_{k+1} / t_k)), t = linspace(1,
+    1e-3, T + 1), the rest at the last step (Dream's); linear: L // T, one more in the first L % T (LLaDA's)."""
+    if kind == "linear":
+        return [L // T + (k < L % T) for k in range(T)]
+    t, counts = torch.linspace(1, 1e-3, T + 1), []
+    for k in range(T):
+        n = L - sum(counts)
+        counts.append(n if k == T - 1 else int(n * (1 - t[k + 1] / t[k])))
+    return counts
+
+def confidence(rule, q, top_p, generator):
+    """Line 5's order at the masked positions from q (N, m, V), the unguided step distribution softmax(psi / tau):
+    (N, m), the most confident revealed first; for "probability", (N, m, V), to be read at the token drawn.
+      entropy      -H(q)                                              Dream's entropy (it takes q after top-p)
+      probability  the drawn token's probability in q after top-p     Dream's maskgit_plus, LLaDA's low_confidence
+      margin       top-1 minus top-2 probability of q after top-p     Dream's topk_margin
+      random       uniform, from the sampler's generators             LLaDA's random"""
+    if rule == "entropy":
+        return -entropy(q)
+    if rule == "random":
+        return uniform(q.shape[0], q.shape[1], generator, q.device)
+    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0        # after top-p: q / Z inside the nucleus
+    kept = torch.where(q >= least, q, 0)
+    if rule == "probability":
+        return kept.div_(kept.sum(-1, keepdim=True))
+    top2 = kept.topk(2, -1).values
+    return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
+
 def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
-    """EntRGi inside a sampler of one's own: hook(step, x, logits) -> logits, as Dream's diffusion_generate calls
-    its generation_logits_hook_func: x (N, prompt_length + L) with the prompt, logits (N, prompt_length + L, V)
-    shifted so that row i predicts token i. At the guided steps (0, k, 2k, ... for k = cfg.guide_every) the rows
-    of the masked response positions become psi after `guide` (lines 2-3); every other row is returned untouched.
-    The revealed positions go to guide pinned at their tokens (q one-hot: read as the token, zero gradient), so
-    that counting the masked positions needs no host synchronisation. The logits are changed in place."""
+    """EntRGi in a sampler of one's own: hook(step, x, logits) -> logits, as Dream's diffusion_generate calls its
+    generation_logits_hook_func: x (N, P + L) with the prompt, logits (N, P + L, V), row i predicting token i. At
+    the guided steps (0, k, 2k, ... for k = cfg.guide_every) the masked response rows become psi after `guide`,
+    in place; every other row is untouched. The revealed positions go to guide pinned at their tokens (q one-hot:
+    read as the token, zero gradient), so that no host synchronisation counts the masked ones."""
     def hook(step, x, logits):
         if not cfg.guided or step % cfg.guide_every:
             return logits
@@ -426,9 +415,9 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 def resolve(name_or_path):
-    """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), every
-    file of it checked by `check_files` first."""
-    path = name_or_path
+    """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), once no
+    file of it is damaged (JSON that is not JSON, a .safetensors file cut short): a damaged file is named."""
+    path, parsed = name_or_path, {}
     if not os.path.isdir(path):
         try:
             from huggingface_hub import snapshot_download
@@ -436,45 +425,31 @@ def resolve(name_or_path):
         except Exception as err:                         # the hub's, the network's: all say the same to a user
             raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the "
                              "machine may be offline: pass a local directory that holds its config.json") from None
-    check_files(name_or_path, path)
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        raw = json.load(f)
-    if not isinstance(raw, dict):
-        raise InputError(f"model {name_or_path!r}: config.json holds no JSON object")
-    return path, raw
-
-def check_files(name, path):
-    """Refuses a model folder without config.json, or with a file that cannot be parsed: JSON that is not JSON, a
-    .safetensors file cut short (as an interrupted download leaves it) or with a damaged header."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise InputError(f"model {name!r}: {path!r} holds no config.json: pass the folder of the model")
     for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
-            damage = safetensors_damage(os.path.join(path, file)) if file.endswith(".safetensors") else None
-            if file.endswith(".json"):
-                with open(os.path.join(path, file), encoding="utf-8") as f:
-                    json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            damage = f"it is not valid JSON ({err})" if isinstance(err, json.JSONDecodeError) else "it is not UTF-8"
+            with open(os.path.join(path, file), "rb") as f:
+                parsed[file] = json.loads(f.read()) if file.endswith(".json") else safetensors_header(f)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); get it again") from None
         except OSError as err:
-            raise InputError(f"model {name!r}: cannot read {file}: {err.strerror or err}") from None
-        if damage:
-            raise InputError(f"model {name!r}: {file} is damaged: {damage}; get it again")
+            raise InputError(f"model {name_or_path!r}: cannot read {file}: {err.strerror or err}") from None
+    if not isinstance(parsed.get("config.json"), dict):
+        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON object in it")
+    return path, parsed["config.json"]
 
-def safetensors_damage(path):
-    """What is wrong with a .safetensors file, judged by its header and its size (the weights are not read)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")              # the header's length, then the header: JSON
-        header = f.read(n) if 8 + n <= size else None
-    if header is None:
-        return f"it is cut short: {size} bytes, less than its header needs (an interrupted download?)"
+def safetensors_header(f):
+    """The header of a .safetensors file, its size checked against the tensors it lists (the weights are not read)."""
+    size, n = os.fstat(f.fileno()).st_size, int.from_bytes(f.read(8), "little")   # the header's length, then JSON
+    if 8 + n > size:
+        raise ValueError(f"cut short: {size} bytes, less than its header needs; an interrupted download?")
     try:
-        tensors = [t for k, t in json.loads(header).items() if k != "__metadata__"]
-        end = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return "its header is not JSON"
-    return f"it is cut short: {size} of its {end} bytes (an interrupted download?)" if size < end else None
+        header = json.loads(f.read(n))
+    except ValueError as err:
+        raise ValueError(f"its header is not JSON: {err}") from None
+    end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size < end:
+        raise ValueError(f"cut short: {size} of its {end} bytes; an interrupted download?")
+    return header
 
 def loaded(name, what, load):
     """load(), or an InputError naming the model and which of its parts could not be loaded, and why."""
@@ -496,8 +471,7 @@ def bidirectional(model):
     return model
 
 LLADA_WEIGHTS = {   # LLaDA's weight names -> transformers' LlamaForCausalLM's (regular expressions, applied in order)
-    r"^model\.transformer\.wte\.": "model.embed_tokens.",
-    r"^model\.transformer\.ln_f\.": "model.norm.",
+    r"^model\.transformer\.wte\.": "model.embed_tokens.", r"^model\.transformer\.ln_f\.": "model.norm.",
     r"^model\.transformer\.ff_out\.": "lm_head.",
     **{r"^model\.transformer\.blocks\.(\d+)\." + a: r"model.layers.\1." + b for a, b in (
         ("attn_norm", "input_layernorm"), ("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
@@ -505,21 +479,21 @@ LLADA_WEIGHTS = {   # LLaDA's weight names -> transformers' LlamaForCausalLM's (
         ("ff_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))},   # ff_proj: the gate
 }
 
+LLADA_CONFIG = {"embedding_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",   # OLMo's
+                "n_heads": "num_attention_heads", "mlp_hidden_size": "intermediate_size", "rope_theta": "rope_theta",
+                "rms_norm_eps": "rms_norm_eps", "max_sequence_length": "max_position_embeddings"}   # -> Llama's
+
 def dllm_config(name, kind, raw):
-    """transformers' configuration for Dream's config.json (Qwen2's keys and a mask token; token i is predicted at
-    position i - 1) or LLaDA's (OLMo's keys; token i is predicted at position i)."""
+    """transformers' configuration of Dream's config.json (Qwen2's keys; logits shifted) or LLaDA's (OLMo's)."""
     import transformers as tf
     try:
         if kind == "Dream":
-            kept = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")}
-            return tf.Qwen2Config(**kept, shift_logits=True)
-        return tf.LlamaConfig(
-            vocab_size=raw["embedding_size"], hidden_size=raw["d_model"], num_hidden_layers=raw["n_layers"],
-            intermediate_size=raw["mlp_hidden_size"], num_attention_heads=raw["n_heads"],
-            num_key_value_heads=raw.get("n_kv_heads") or raw["n_heads"], rope_theta=raw["rope_theta"],
-            max_position_embeddings=raw["max_sequence_length"], rms_norm_eps=raw["rms_norm_eps"],
-            tie_word_embeddings=raw.get("weight_tying", False), mask_token_id=raw.get("mask_token_id"),
-            shift_logits=False)
+            drop = ("model_type", "architectures", "auto_map")
+            return tf.Qwen2Config(**{k: v for k, v in raw.items() if k not in drop}, shift_logits=True)
+        return tf.LlamaConfig(**{ours: raw[theirs] for theirs, ours in LLADA_CONFIG.items()}, shift_logits=False,
+                              num_key_value_heads=raw.get("n_kv_heads") or raw["n_heads"],
+                              tie_word_embeddings=raw.get("weight_tying", False),
+                              mask_token_id=raw.get("mask_token_id"))
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"model {name!r}: config.json is no {kind} configuration ({type(err).__name__}: {err})")
 
@@ -530,8 +504,7 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
     path, raw = resolve(name_or_path)
     kind, mask_id = raw.get("model_type"), raw.get("mask_token_id")
     if kind not in ("Dream", "llada"):
-        raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type "
-                         f"{kind!r}")
+        raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
     config, mapping = dllm_config(name_or_path, kind, raw), LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
@@ -561,8 +534,7 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
     if model.config.num_labels != 1:
-        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels: a reward is one "
-                         "score")
+        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels, not one score")
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 def dllm_logits(model, ids, valid, last=None):
@@ -586,11 +558,9 @@ def check_fits(model, prompts, L):
                          "prompt or lower --max-new-tokens")
 
 def make_denoiser(model, prompts, K, L, mask_id):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts; the mask token is never
-    proposed."""
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts, the mask never proposed."""
     check_fits(model, prompts, L)
     prompt, prompt_valid = (t.repeat_interleave(K, 0) for t in left_pad(prompts, 0, model.device))   # any pad id
-
     def denoiser(y):
         valid = torch.cat([prompt_valid, torch.ones_like(y, dtype=torch.bool)], 1)
         logits = dllm_logits(model, torch.cat([prompt, y], 1), valid, last=y.shape[1]).float()
@@ -631,10 +601,8 @@ def parse_args(argv=None):
     add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
     add("--temperature", type=float, default=0.7, help="tau, sampling temperature, in [0.001, 1000]")
     add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
-    add("--entropy-from", choices=["sampling", "model"], default="sampling",
-        help="the entropy weight's distribution: softmax(psi / tau) (the paper) or softmax(psi) (the scripts)")
-    add("--remasking", choices=REMASKING, default="entropy",
-        help="which masked positions a step reveals first: entropy (the paper), probability, margin or random")
+    add("--entropy-from", choices=["sampling", "model"], default="sampling", help="w from softmax(psi / tau), or psi")
+    add("--remasking", choices=REMASKING, default="entropy", help="which masked positions a step reveals first")
     add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
     add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
     add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets seed + i")
@@ -663,17 +631,17 @@ def pick_device(device):
         raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if kind.type not in ("cpu", "cuda"):
         raise InputError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
-    if kind.type == "cuda" and kind.index is None and "LOCAL_RANK" in os.environ:     # torchrun: one GPU a process
-        kind = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if kind.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
-    if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
+    if kind.type == "cuda" and kind.index is None:      # under torchrun, one GPU a process
+        kind = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if kind.type == "cuda" and kind.index >= torch.cuda.device_count():
         raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices")
     return str(kind)
 
 def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None):
-    """K responses for each prompt, each scored on text by the reward model and, where a judge (model, tokenizer)
-    is given, by the judge: one result dict per prompt. top1_score: the judge's score of the best_response."""
+    """K responses for each prompt scored on text by the reward model (and a judge, (model, tokenizer), if given):
+    one result dict per prompt. top1_score: the judge's score of the best_response, the one R ranks first."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
     denoiser = make_denoiser(dllm, [dllm_prompt_ids(tok, p) for p in prompts], cfg.K, cfg.L, tok.mask_token_id)
@@ -681,8 +649,7 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
     y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress,
                         on_step=on_step)
     if skipped.item():
-        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite",
-                      stacklevel=2)
+        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite")
     texts, results = decode(tok, y, eos), []
     for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
@@ -698,18 +665,10 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
             results[-1].update(top1_score=S[best], avg_score=sum(S) / len(S))
     return results
 
-def pieces(tokenizer, ids):
-    """The decoded text of ids in one piece a token: the first n pieces join into the decode of the first n tokens
-    (a character split over tokens goes to its last token)."""
-    text, cut = tokenizer.decode(ids, skip_special_tokens=True), [0]
-    for n in range(1, len(ids) + 1):
-        head = tokenizer.decode(ids[:n], skip_special_tokens=True)
-        cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
-    return [text[u:v] for u, v in zip(cut, cut[1:])]
-
 def trace_page(prompt, settings, runs, traces, tokenizer):
     """A self-contained HTML page of the denoising from the (k, y, likely) that `sample` reported: the methods side
-    by side, a slider over the steps, each token marked where it is not the unguided step's most likely."""
+    by side, a slider over the steps, each token marked where it is not the unguided step's most likely. A token
+    shows its piece of the text: the first n pieces join into the first n tokens' decode."""
     eos, columns = torch.tensor(end_ids(tokenizer)), []
     for run, trace in zip(runs, traces):
         y = trace[-1][1]
@@ -720,14 +679,19 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
         columns.append(f"<div><h2>{run['method']}</h2>")
         for j, (row, at, marked, r) in enumerate(zip(y, step.tolist(), changed.tolist(), run["responses"])):
             ids = row[: int(reads(row[None], eos).sum())].tolist()            # up to the first end token
-            shown = pieces(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))   # a dot after the end
+            text, cut = tokenizer.decode(ids, skip_special_tokens=True), [0]
+            for n in range(1, len(ids) + 1):                 # a character split over tokens goes to its last token
+                head = tokenizer.decode(ids[:n], skip_special_tokens=True)
+                cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
+            shown = [text[u:v] for u, v in zip(cut, cut[1:])] + ["\u00b7"] * (len(at) - len(ids))   # dots: past the end
             spans = (f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
                      f"{html.escape(piece)}</span>" for l, piece in enumerate(shown))
             columns.append(f'<div class="t"><strong>trajectory {j}: reward {r["reward"]:.4f}</strong>\n'
                            + "".join(spans) + "</div>")
         columns.append("</div>")
+    steps = [k for k, _, _ in traces[0]]
     fill = {"PROMPT": html.escape(prompt), "SETTINGS": html.escape(json.dumps(settings)), "RUNS": "".join(columns),
-            "STEPS": json.dumps([k for k, _, _ in traces[0]])}
+            "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)        # one pass: no text is read twice
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EntRGi denoising trace</title><style>
@@ -737,10 +701,11 @@ body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .new { back
 .t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace }
 .m { color: transparent !important; background: #e4e4e4 } .c:not(.m) { text-decoration: underline wavy red }
 </style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT<br><small>SETTINGS</small></p>
-<div id="bar"><button id="prev">&lt;</button> <input id="k" type="range" min="0"> <button id="next">&gt;</button>
-<span id="at"></span><br><small><span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>,
-<span class="c">not the unguided step's most likely token</span>, <span class="e">&middot;</span> after the end</small>
-</div><div id="runs">RUNS</div><script>
+<div id="bar"><button onclick="show(+k.value - 1)">&lt;</button> <input id="k" type="range" min="0" max="LAST"
+oninput="show(+this.value)"> <button onclick="show(+k.value + 1)">&gt;</button> <span id="at"></span><br><small>
+<span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided
+step's most likely token</span>, <span class="e">&middot;</span> after the end</small></div>
+<div id="runs">RUNS</div><script>
 const steps = STEPS, k = document.getElementById("k"), spans = document.querySelectorAll("span[data-k]");
 const at = document.getElementById("at");
 function show(i) {
@@ -751,10 +716,6 @@ function show(i) {
     s.classList.toggle("new", +s.dataset.k === steps[i]);
   }
 }
-k.max = steps.length - 1;
-k.oninput = () => show(+k.value);
-document.getElementById("prev").onclick = () => show(+k.value - 1);
-document.getElementById("next").onclick = () => show(+k.value + 1);
 show(steps.length - 1);
 </script></body></html>
 """
@@ -772,8 +733,7 @@ def read_prompts(path, field="prompt"):
         try:
             record = json.loads(line) if path.endswith(".jsonl") else {field: line}
         except json.JSONDecodeError:
-            raise InputError(f"{path} line {n} is not JSON: each line of a .jsonl prompts file is one JSON object") \
-                from None
+            raise InputError(f"{path} line {n} is not JSON: a .jsonl prompts file holds a JSON object a line") from None
         if not (isinstance(record, dict) and isinstance(record.get(field), str) and record[field].strip()):
             raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
         records.append(record)
@@ -797,9 +757,9 @@ def read_output(path, prompts, field, settings):
             r = json.loads(line)
         except json.JSONDecodeError:
             r = None
+        i = r.get("index") if isinstance(r, dict) else None
         if isinstance(r, dict) and "summary" in r:
             continue
-        i = r.get("index") if isinstance(r, dict) else None
         if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
                 and r.get("method") in METHODS and r.get("settings") == settings):
             raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or "
@@ -824,8 +784,7 @@ def write_page(path, text):
     """The --trace page, all or nothing: written to a temporary file, then renamed."""
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            if f.write(text) < len(text):
-                raise OSError(errno.ENOSPC, "the page was written in part (a full disk?)")
+            f.write(text)
         os.replace(path + ".tmp", path)
     except OSError as err:
         if os.path.exists(path + ".tmp"):
@@ -833,8 +792,7 @@ def write_page(path, text):
         raise WriteError(f"cannot write --trace {path!r}: {err.strerror or err}") from None
 
 def check_run(args):
-    """What a run can check before loading a model: (a Config per method, the prompt records, the settings
-    recorded with every result)."""
+    """A run's checks before any model: (a Config per method, the prompt records, the settings of every result)."""
     cfgs, one = configs(args), args.prompt is not None
     for bad, message in ((one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
                          (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
@@ -853,28 +811,8 @@ def check_run(args):
                     prompt_field=args.prompt_field)
     return cfgs, prompts, settings
 
-def start_processes(device):
-    """Under torchrun, joins the process group: (world size, rank); alone, (1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 1, 0
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return world, torch.distributed.get_rank()
-
-def load_models(args, device):
-    """(dLLM, its tokenizer, reward model, its tokenizer, E^R in the dLLM's vocabulary order), and the judge
-    (model, tokenizer) or None: each loaded once, frozen."""
-    dllm, tok = load_dllm(args.dllm, device, args.dtype)
-    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
-    judge = load_reward_model(args.score_model, device, args.dtype) if args.score_model else None
-    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
-    return (dllm, tok, rm, rm_tok, embedding), judge
-
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
-    """Every method on the prompts `todo` lists (an index and the methods left for it), a batch at a time: each
-    result printed and appended to --output as it finishes. Returns the results and, with --trace, their steps."""
+    """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps."""
     results, traces, one = [], [], args.prompt is not None
     for b in range(0, len(todo), args.batch_size):
         for cfg in cfgs:
@@ -898,17 +836,13 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
     return results, traces
 
 def summarize(args, results, prompts, settings, new, seconds):
-    """The table of every result so far (the output file's, with --output), printed, and its summary line: each
-    method's mean Top@1 and Avg@N reward (the paper's table) and, with a judge, the judge's."""
+    """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, printed and appended."""
     if args.output:
         with open(args.output, encoding="utf-8") as f:
             results = [r for r in map(json.loads, f) if "summary" not in r]
     keys = ["top1_reward", "avg_reward"] + (["top1_score", "avg_score"] if args.score_model else [])
-    table = {}
-    for m in METHODS:
-        rows = [r for r in results if r["method"] == m]
-        if rows:
-            table[m] = {"prompts": len(rows), **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+    rows = {m: [r for r in results if r["method"] == m] for m in METHODS}
+    table = {m: {"prompts": len(r), **{k: sum(x[k] for x in r) / len(r) for k in keys}} for m, r in rows.items() if r}
     print(f"{len(results)} results for {len(prompts)} prompts, {new} new")
     heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
     print(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
@@ -926,18 +860,24 @@ def run(args):
     done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
         raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
-    device = pick_device(args.device)
-    world, rank = start_processes(device)
+    device, world, rank = pick_device(args.device), int(os.environ.get("WORLD_SIZE", 1)), 0
+    if world > 1:                                        # torchrun: one process a GPU, every world-th prompt each
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank = torch.distributed.get_rank()
     if rank == 0 and args.output and os.path.exists(args.output) and os.path.getsize(args.output) > whole:
         os.truncate(args.output, whole)                  # drop an unfinished last line before appending
     if world > 1:
         torch.distributed.barrier()
-    models, judge = load_models(args, device)
-    dllm, tok = models[:2]                               # every prompt must fit before anything is written
+    dllm, tok = load_dllm(args.dllm, device, args.dtype)
+    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
+    judge = load_reward_model(args.score_model, device, args.dtype) if args.score_model else None
+    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
     check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
     todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
     start = time.perf_counter()
-    results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo)
+    results, traces = run_prompts(args, (dllm, tok, rm, rm_tok, embedding), judge, cfgs, prompts, settings, todo)
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", file=sys.stderr)
     if args.trace:
@@ -958,9 +898,8 @@ def main(argv=None):
             cfg = configs(args)[0]
             if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
-            benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M,
-                      steps=args.benchmark_steps, method=cfg.method, layers=args.benchmark_layers,
-                      first_step=args.benchmark_first_step, guide_every=cfg.guide_every)
+            benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
+                      args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step)
         elif (args.prompt is None) == (args.prompts_file is None):
             raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
         else:
@@ -979,19 +918,17 @@ SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_
                num_labels=1, pad_token_id=151643)
 PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Qwen3, one label)
     "real": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                 num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,
-                                 tie_word_embeddings=False, shift_logits=True), SKYWORK),               # Dream 7B
+             num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,               # Dream 7B
+             tie_word_embeddings=False, shift_logits=True), SKYWORK),
     "llada": ("LlamaConfig", dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
-                                  num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,
-                                  tie_word_embeddings=False, shift_logits=False), SKYWORK),             # LLaDA 8B
+              num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,            # LLaDA 8B
+              tie_word_embeddings=False, shift_logits=False), SKYWORK),
     "small": ("Qwen2Config", dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                                  num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
-                                  shift_logits=True),
+              num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
               dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
                    num_attention_heads=6, num_key_value_heads=2, head_dim=64, num_labels=1, pad_token_id=0)),
-    "tiny": ("Qwen2Config", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                                 shift_logits=True),                                                      # the tests'
+    "tiny": ("Qwen2Config", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,   # tests'
+             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
              dict(vocab_size=360, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)),
 }
@@ -1008,25 +945,24 @@ def random_models(preset, device, dtype, layers=None):
     return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
 
 def peak_memory(fn, cuda):
-    """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only, else None)."""
+    """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only; else None)."""
     status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
-    if not cuda and not os.path.exists("/proc/self/clear_refs"):
-        fn()
-        return None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    else:
+        before = torch.cuda.memory_allocated() / 2**30
+    elif os.path.exists("/proc/self/clear_refs"):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                 # resets the peak resident set, VmHWM
-    before = torch.cuda.memory_allocated() / 2**30 if cuda else status("VmRSS:")
+        before = status("VmRSS:")
     fn()
-    return (torch.cuda.max_memory_allocated() / 2**30 if cuda else status("VmHWM:")) - before
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**30 - before
+    return status("VmHWM:") - before if os.path.exists("/proc/self/clear_refs") else None
 
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
-              layers=None, first_step=False, guide_every=1):
+              layers=None, first_step=False):
     """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
-    floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs.
-    guide_every k > 1: an unguided step too, and the mean step of a run guided every k-th step."""
+    floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs."""
     dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
     dllm, rm = random_models(preset, device, dtype, layers)
     V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
@@ -1036,15 +972,15 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
     cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
     denoiser, reward = make_denoiser(dllm, [prompt], K, L, V - 1), make_reward(rm, [prefix], [suffix], K, [V - 2])
-    step = lambda c=cfg: sample(denoiser, reward, embedding, [0], L, V - 1, [V - 2], c, y0=y0)
+    step = lambda: sample(denoiser, reward, embedding, [0], L, V - 1, [V - 2], cfg, y0=y0)
     peak = peak_memory(step, cuda)
-
     def timed(fn):
         times = []
         for _ in range(steps + 1):                       # the first warms up
             start = time.perf_counter()
             fn()
-            torch.cuda.synchronize() if cuda else None
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         return sorted(times[1:])[steps // 2]
     q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
@@ -1056,14 +992,12 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
     parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(soft)
     floor, total = sum(parts.values()), timed(step)
-    unguided = timed(lambda: step(Config("bon", K, T=1, L=L))) if guide_every > 1 else None
     draw, softmax = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device))), timed(lambda: q.softmax(-1))
     weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
     result = {"preset": preset if isinstance(preset, str) else "custom", "layers": layers, "device": device, "K": K,
               "L": L, "masked": m, "M": M, "method": method, "parts_s": parts, "floor_s": floor, "total_s": total,
               "ratio": total / floor, "top_p_draw_s": draw, "softmax_s": softmax, "peak_beyond_weights_gib": peak,
-              "weights_gib": weights, "unguided_s": unguided, "guide_every": guide_every,
-              "mean_step_s": (total + (guide_every - 1) * unguided) / guide_every if unguided else total}
+              "weights_gib": weights}
     report(result, dtype, P, steps)
     return result
 
@@ -1072,16 +1006,12 @@ def report(r, dtype, P, steps):
     print(f"benchmark: {r['preset']} preset" + (f" with {r['layers']} layers" if r["layers"] else "")
           + f", {r['device']}, {str(dtype)[6:]}, K = {r['K']}, L = {r['L']} ({r['masked']} masked), M = {r['M']}, "
           f"prompt {P} tokens, {r['method']}, median of {steps}")
-    times = [*r["parts_s"].items(), ("floor", r["floor_s"]), ("guided step", r["total_s"]),
-             ("beyond the floor", r["total_s"] - r["floor_s"])]
-    if r["unguided_s"] is not None:
-        times += [("unguided step", r["unguided_s"]), (f"mean step, guided every {r['guide_every']}", r["mean_step_s"])]
-    for name, seconds in times:
+    for name, seconds in [*r["parts_s"].items(), ("floor", r["floor_s"]), ("guided step", r["total_s"]),
+                          ("beyond the floor", r["total_s"] - r["floor_s"])]:
         print(f"  {name:<38} {seconds * 1e3:10.1f} ms")
-    print(f"  {'guided step / floor':<38} {r['ratio']:10.2f}")
     draw, softmax, peak = r["top_p_draw_s"], r["softmax_s"], r["peak_beyond_weights_gib"]
-    print(f"  {'top-p draw / softmax (K m x |V|)':<38} {draw / softmax:10.2f}   "
-          f"({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
+    print(f"  {'guided step / floor':<38} {r['ratio']:10.2f}\n  {'top-p draw / softmax (K m x |V|)':<38} "
+          f"{draw / softmax:10.2f}   ({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
     peak = "       n/a" if peak is None else f"{peak:10.2f} GiB"
     print(f"  {'peak memory beyond the weights':<38} {peak}   (weights {r['weights_gib']:.2f} GiB)")
 
