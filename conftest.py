@@ -34,12 +34,14 @@ def train_bpe(texts, vocab_size):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet))
     return tok
 
 
 def special(content):
-    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+            "special": True}
 
 
 def build_dream(path, vocab_size=320, layers=2, hidden=64, seed=0, max_positions=256):
@@ -84,7 +86,8 @@ def build_reward_model(path, vocab_size=360, layers=2, hidden=64, seed=1):
     tok.chat_template = CHAT
     tok.save_pretrained(path)
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                          num_labels=1, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     model = Qwen3ForSequenceClassification(config)
@@ -110,7 +113,8 @@ def judge_dir(tmp_path_factory):
     return str(build_reward_model(tmp_path_factory.mktemp("judge"), seed=5))
 
 
-LLADA_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|mdm_mask|>"]
+LLADA_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                "<|mdm_mask|>"]
 LLADA_CHAT = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
@@ -150,7 +154,8 @@ def build_llada(path, layers=2, d=64, heads=4, mlp=96, seed=2):
         b = f"model.transformer.blocks.{i}."
         weights.update({b + "attn_norm.weight": 1 + w(d), b + "ff_norm.weight": 1 + w(d), b + "q_proj.weight": w(d, d),
                         b + "k_proj.weight": w(d, d), b + "v_proj.weight": w(d, d), b + "attn_out.weight": w(d, d),
-                        b + "ff_proj.weight": w(mlp, d), b + "up_proj.weight": w(mlp, d), b + "ff_out.weight": w(d, mlp)})
+                        b + "ff_proj.weight": w(mlp, d), b + "up_proj.weight": w(mlp, d),
+                        b + "ff_out.weight": w(d, mlp)})
     save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     return path
 
@@ -166,7 +171,8 @@ REAL_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 @pytest.fixture(scope="session")
 def real_tokenizers():
     """The real tokenizers' folders (Dream-v0-Instruct-7B, Skywork-Reward-V2-Qwen3-1.7B), or a skip."""
-    dream, skywork = (os.path.join(REAL_TOKENIZERS, n) for n in ("dream-v0-instruct-7b", "skywork-reward-v2-qwen3-1.7b"))
+    names = ("dream-v0-instruct-7b", "skywork-reward-v2-qwen3-1.7b")
+    dream, skywork = (os.path.join(REAL_TOKENIZERS, n) for n in names)
     if not (os.path.isdir(dream) and os.path.isdir(skywork)):
         pytest.skip(f"the real tokenizers are not in {REAL_TOKENIZERS} (they come with the project's shared folder, "
                     "not with the repository)")

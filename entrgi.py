@@ -4,8 +4,8 @@ S. Shakkottai, S. Sanghavi, arXiv:2602.05000, 2026). At every denoising step, Ad
 at the still-masked positions up a reward model's gradient; the step samples from them. Baseline: APS, the
 straight-through estimator (Rout et al., 2025). Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct, run through
 transformers' Qwen2 and Llama classes attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
-Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algorithm 1, lines 2-3),
-4. the sampler (Algorithm 1, lines 1-6), 5. loading, 6. the command line, 7. the benchmark.
+Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algorithm 1, lines 2-3), 4. the sampler
+(lines 1-6; Dream's and LLaDA's reveal rules; EntRGi as a logits hook), 5. loading, 6. the command line, 7. benchmark.
 """
 
 import argparse
@@ -73,8 +73,7 @@ class Config:
             value = getattr(self, name)
             need(value in allowed, f"{name} is one of {', '.join(allowed)}, got {value!r}")
         need(1 <= B <= self.L and self.L % B == 0, f"the block length B = {B} must divide L = {self.L}")
-        need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share the T = {self.T} steps: "
-             "L / B must divide T")
+        need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share T = {self.T} steps: L / B must divide T")
         return self
 
 # 1. The relaxation: how a masked position is fed to the reward model
@@ -127,10 +126,9 @@ def entropy(q):
     return torch.special.entr(q).sum(-1)
 
 def top_p_sample(q, top_p, generator, candidates=2):
-    """x ~ q (..., V) restricted to its nucleus, exactly: the tokens whose more likely tokens hold at most top_p of
-    the mass (Dream's rule; equally likely tokens stay or go together). No sort of the vocabulary: each row draws
-    `candidates` tokens from q and keeps the first inside the nucleus; rows missing them all (probability at most
-    (1 - top_p)^candidates) draw from the nucleus `nucleus` finds, after one host synchronisation."""
+    """x ~ q (..., V) restricted to its nucleus (the tokens whose more likely tokens hold at most top_p of the mass,
+    Dream's rule), exactly, without sorting: each row draws `candidates` tokens from q and keeps the first in the
+    nucleus; rows missing all (at most (1 - top_p)^candidates of them) sort, after one host synchronisation."""
     V = q.shape[-1]
     flat = q.reshape(-1, V)
     u = uniform(flat.shape[0], candidates + 1, generator, q.device)
@@ -138,7 +136,7 @@ def top_p_sample(q, top_p, generator, candidates=2):
     x, above = [], []
     for p, w in zip(flat.split(rows), u.split(rows)):
         cdf = p.cumsum(-1)
-        x.append(inverse_cdf(cdf, w[:, :-1]))                                 # (r, C): x ~ q
+        x.append(torch.searchsorted(cdf, w[:, :-1] * cdf[:, -1:], right=True).clamp_(max=V - 1))   # (r, C): x ~ q
         if top_p < 1:                                    # the mass more likely than each candidate (in cdf's memory)
             mass = [torch.linalg.vecdot(p, torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf))
                     for c in range(candidates)]
@@ -149,26 +147,14 @@ def top_p_sample(q, top_p, generator, candidates=2):
     missed = ~ok.any(-1)
     if missed.any():
         p = flat[missed].double()
-        out[missed] = inverse_cdf(torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1),
-                                  u[missed, -1:]).squeeze(-1)
+        cdf = torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1)   # the nucleus's, by sorting
+        out[missed] = torch.searchsorted(cdf, u[missed, -1:] * cdf[:, -1:], right=True).clamp_(max=V - 1).squeeze(-1)
     return out.view(q.shape[:-1])
 
-def inverse_cdf(cdf, u):
-    """Tokens (r, C) at uniforms u (r, C) of rows whose cumulative sums (r, V) need not end at 1."""
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
-
-def nucleus(q, top_p, k=64):
-    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it.
-    Read from the k most likely tokens; rows whose nucleus may reach past them are sorted, after one host sync."""
-    def least(s):                                        # s (..., n) descending -> (...,), and whether all n are in
-        n = ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True)
-        return s.gather(-1, n - 1).squeeze(-1), n.squeeze(-1) == s.shape[-1]
-    s = q.topk(min(k, q.shape[-1]), -1).values
-    out, full = least(s)
-    far = full & (s.shape[-1] < q.shape[-1])             # the k-th token is in: the nucleus may reach further
-    if far.any():
-        out[far] = least(q[far].sort(-1, descending=True).values)[0]
-    return out
+def nucleus(q, top_p):
+    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it."""
+    s = q.sort(-1, descending=True).values
+    return s.gather(-1, ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True) - 1).squeeze(-1)
 
 def uniform(rows, cols, generator, device):
     """(rows, cols) uniforms; generator: one, or one a prompt, each drawing its own block of rows (see `sample`)."""
@@ -393,11 +379,10 @@ def confidence(rule, q, top_p, generator):
     return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
 
 def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
-    """EntRGi in a sampler of one's own: hook(step, x, logits) -> logits, as Dream's diffusion_generate calls its
-    generation_logits_hook_func: x (N, P + L) with the prompt, logits (N, P + L, V), row i predicting token i. At
-    the guided steps (0, k, 2k, ... for k = cfg.guide_every) the masked response rows become psi after `guide`,
-    in place; every other row is untouched. The revealed positions go to guide pinned at their tokens (q one-hot:
-    read as the token, zero gradient), so that no host synchronisation counts the masked ones."""
+    """EntRGi in a sampler of one's own: hook(step, x (N, P + L), logits (N, P + L, V), row i predicting token i)
+    -> logits, as Dream's diffusion_generate calls its generation_logits_hook_func. At the guided steps (0, k, 2k,
+    ... for k = cfg.guide_every) the masked response rows become psi after `guide`, in place; the revealed ones go
+    to guide pinned at their tokens (a one-hot q: no gradient), so that no host sync counts the masked ones."""
     def hook(step, x, logits):
         if not cfg.guided or step % cfg.guide_every:
             return logits
@@ -625,12 +610,9 @@ def configs(args):
     return [Config(m, **shared).check() for m in (METHODS if args.method == "all" else [args.method])]
 
 def pick_device(device):
-    try:
-        kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if kind.type not in ("cpu", "cuda"):
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if kind.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
     if kind.type == "cuda" and kind.index is None:      # under torchrun, one GPU a process
@@ -667,8 +649,7 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
 
 def trace_page(prompt, settings, runs, traces, tokenizer):
     """A self-contained HTML page of the denoising from the (k, y, likely) that `sample` reported: the methods side
-    by side, a slider over the steps, each token marked where it is not the unguided step's most likely. A token
-    shows its piece of the text: the first n pieces join into the first n tokens' decode."""
+    by side, a slider over the steps, each token marked where it is not the unguided step's most likely."""
     eos, columns = torch.tensor(end_ids(tokenizer)), []
     for run, trace in zip(runs, traces):
         y = trace[-1][1]
@@ -794,7 +775,8 @@ def write_page(path, text):
 def check_run(args):
     """A run's checks before any model: (a Config per method, the prompt records, the settings of every result)."""
     cfgs, one = configs(args), args.prompt is not None
-    for bad, message in ((one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
+    for bad, message in ((one == (args.prompts_file is not None), "pass one of --prompt TEXT or --prompts-file FILE"),
+                         (one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
                          (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
                          (not one and args.trace, "--trace draws one prompt: use it with --prompt"),
                          (args.batch_size < 1, f"the batch size must be at least 1, got {args.batch_size}")):
@@ -900,8 +882,6 @@ def main(argv=None):
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
             benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
                       args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step)
-        elif (args.prompt is None) == (args.prompts_file is None):
-            raise InputError("pass one of --prompt TEXT or --prompts-file FILE")
         else:
             run(args)
     except InputError as err:
@@ -933,17 +913,6 @@ PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Q
                   num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)),
 }
 
-def random_models(preset, device, dtype, layers=None):
-    """A preset's dLLM and reward model with random weights (`layers` layers each where asked), frozen."""
-    import transformers as tf
-    kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
-    depth = {"num_hidden_layers": layers} if layers else {}
-    torch.manual_seed(0)
-    with torch.device(device):
-        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), dtype=dtype)
-        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}), dtype=dtype)
-    return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
-
 def peak_memory(fn, cuda):
     """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only; else None)."""
     status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
@@ -963,8 +932,15 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
               layers=None, first_step=False):
     """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
     floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs."""
+    import transformers as tf
     dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
-    dllm, rm = random_models(preset, device, dtype, layers)
+    kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
+    depth = {"num_hidden_layers": layers} if layers else {}
+    torch.manual_seed(0)
+    with torch.device(device):                           # random weights, `layers` layers each where asked
+        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), dtype=dtype)
+        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}), dtype=dtype)
+    dllm, rm = bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
     V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
     prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
     embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R

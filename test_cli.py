@@ -29,7 +29,8 @@ def lines(path):
 
 def cli(*args, dream_dir, rm_dir, timeout=300):
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_cli_end_to_end(dream_dir, rm_dir, tmp_path):
@@ -55,7 +56,8 @@ def test_cli_entropy_from_model_runs_and_is_recorded(dream_dir, rm_dir, tmp_path
     runs = {}
     for source in ("sampling", "model"):
         out = tmp_path / f"{source}.jsonl"
-        p = cli("--prompt", "Hello", *SMALL, "--entropy-from", source, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+        p = cli("--prompt", "Hello", *SMALL, "--entropy-from", source, "--output", str(out), dream_dir=dream_dir,
+                rm_dir=rm_dir)
         assert p.returncode == 0, p.stderr
         [runs[source]], _ = lines(out)
         assert runs[source]["settings"]["entropy_from"] == source
@@ -74,7 +76,8 @@ def broken_dirs(dream_dir, rm_dir, tmp_path_factory):
     with open(config_file) as f:
         config = json.load(f)
     del config["mask_token"]
-    config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items() if v["content"] != "<|mask|>"}
+    added = config["added_tokens_decoder"]
+    config["added_tokens_decoder"] = {k: v for k, v in added.items() if v["content"] != "<|mask|>"}
     with open(config_file, "w") as f:
         json.dump(config, f)
     return no_mask, no_template
@@ -104,7 +107,7 @@ BAD = [   # (arguments, what the one line says); all checked before any model is
     (["--guide-every", "0"], "guide_every must be at least 1"),
     (["--remasking", "low_confidence"], "argument --remasking: invalid choice: 'low_confidence'"),
     (["--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "tpu"], "device 'tpu' is not supported"),
     (["--device", "meta"], "device 'meta' is not supported"),
     (["--output", "/nonexistent/dir/out.json"], "its folder does not exist"),
     (["--trace", "/nonexistent/dir/t.html"], "its folder does not exist"),

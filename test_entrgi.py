@@ -112,10 +112,10 @@ def test_relax_temperature_shapes_and_entropy_source():
     e, w = entrgi.relax(psi, E, "entrgi", 0.5, 1.0, torch.Generator().manual_seed(0))
     assert e.shape == (3, 5, 4) and w.shape == (3, 5)
     q = torch.softmax(psi / 0.5, -1)
-    torch.testing.assert_close(w, -(q * q.log()).sum(-1) / math.log(7))                    # the paper: H(softmax(psi / tau))
+    torch.testing.assert_close(w, -(q * q.log()).sum(-1) / math.log(7))          # the paper: H(softmax(psi / tau))
     _, w_model = entrgi.relax(psi, E, "entrgi", 0.5, 1.0, torch.Generator().manual_seed(0), entropy_from="model")
     p = torch.softmax(psi, -1)
-    torch.testing.assert_close(w_model, -(p * p.log()).sum(-1) / math.log(7))              # the scripts: H(softmax(psi))
+    torch.testing.assert_close(w_model, -(p * p.log()).sum(-1) / math.log(7))    # the scripts: H(softmax(psi))
     assert (w_model > w).all()                                  # tau < 1 sharpens q: its entropy is lower
     e_soft, _ = entrgi.relax(psi, E, "soft", 0.5, 1.0, None)
     torch.testing.assert_close(e_soft, q @ E)
@@ -401,10 +401,10 @@ def test_blocks_reveal_left_to_right_however_confident_later_blocks_are():
     for method, block_length in (("bon", None), ("entrgi", B)):
         cfg = entrgi.Config(method=method, K=2, T=T, L=L, block_length=block_length).check()
         steps.clear()
-        y, _ = entrgi.sample(denoiser, reward, E, [0], L, V - 1, [V - 2], cfg,
-                             on_step=lambda k, y, likely: steps.append((k, (y[0] != V - 1).nonzero().flatten().tolist())))
+        record = lambda k, y, likely: steps.append((k, (y[0] != V - 1).nonzero().flatten().tolist()))
+        y, _ = entrgi.sample(denoiser, reward, E, [0], L, V - 1, [V - 2], cfg, on_step=record)
         if method == "bon":
-            assert steps[0][1] == [L - 1]                                  # unblocked: the most confident, last, goes first
+            assert steps[0][1] == [L - 1]                      # unblocked: the most confident, the last, goes first
             continue
         before = set()
         for k, revealed in steps:
@@ -451,7 +451,8 @@ def test_guide_every_k_guides_steps_0_k_2k_and_leaves_the_rest_unguided(dllm, rm
 def test_the_step_callback_changes_nothing(dllm, rm, embedding):
     calls = []
     plain, _ = run_sampler(dllm, rm, embedding, "entrgi", [3, 4])
-    traced, _ = run_sampler(dllm, rm, embedding, "entrgi", [3, 4], on_step=lambda k, y, likely: calls.append((k, y, likely)))
+    traced, _ = run_sampler(dllm, rm, embedding, "entrgi", [3, 4],
+                            on_step=lambda k, y, likely: calls.append((k, y, likely)))
     assert torch.equal(plain, traced) and torch.equal(calls[-1][1], traced)
     assert [k for k, _, _ in calls] == [k for k, c in enumerate(entrgi.schedule(8, 8)) if c]
 
@@ -497,7 +498,7 @@ def test_presets_are_the_papers_models():
             dllm = transformers.AutoModelForCausalLM.from_config(getattr(transformers, kind)(**dllm_fields))
             rm = transformers.AutoModelForSequenceClassification.from_config(transformers.Qwen3Config(**rm_fields))
         sizes[name] = [round(sum(p.numel() for p in m.parameters()) / 1e9, 2) for m in (dllm, rm)]
-    assert sizes == {"real": [7.62, 1.72], "llada": [8.02, 1.72]}   # Dream-v0-Instruct-7B, LLaDA-8B, Qwen3-1.7B + 1 label
+    assert sizes == {"real": [7.62, 1.72], "llada": [8.02, 1.72]}   # Dream-7B, LLaDA-8B, Qwen3-1.7B + 1 label
 
 
 def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
@@ -516,5 +517,6 @@ def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "guided step / floor" in printed and "2 x reward forward + backward" in printed and "(16 masked)" in printed
     kind, dllm_fields, rm_fields = entrgi.PRESETS["tiny"]                       # a preset of one's own
-    custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1, P=4, steps=1)
+    custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1,
+                              P=4, steps=1)
     assert custom["preset"] == "custom" and custom["ratio"] > 0 and "custom preset" in capsys.readouterr().out

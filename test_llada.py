@@ -16,8 +16,8 @@ import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # LLaDA's weight names -> transformers' Llama names, written out from LLaDA's published layout
-NAMES = {"model.transformer.wte.weight": "model.embed_tokens.weight", "model.transformer.ln_f.weight": "model.norm.weight",
-         "model.transformer.ff_out.weight": "lm_head.weight"}
+NAMES = {"model.transformer.wte.weight": "model.embed_tokens.weight",
+         "model.transformer.ln_f.weight": "model.norm.weight", "model.transformer.ff_out.weight": "lm_head.weight"}
 BLOCK = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
          "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj", "ff_norm": "post_attention_layernorm",
          "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}
@@ -101,7 +101,8 @@ def edited(llada_dir, tmp_path, weights=None, config=None):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(weights=lambda w: w.pop("model.transformer.blocks.1.up_proj.weight")), "missing ['model.layers.1.mlp.up_proj"),
+    (dict(weights=lambda w: w.pop("model.transformer.blocks.1.up_proj.weight")),
+     "missing ['model.layers.1.mlp.up_proj"),
     (dict(weights=lambda w: w.update({"model.transformer.blocks.0.extra.weight": torch.zeros(2)})),
      "unexpected ['model.transformer.blocks.0.extra.weight']"),
 ])
@@ -110,10 +111,12 @@ def test_llada_loading_is_strict(llada_dir, tmp_path, change, message):
         entrgi.load_dllm(edited(llada_dir, tmp_path, **change))
 
 
-LLADA_OWN = ["--remasking", "probability", "--schedule", "linear", "--no-eos-last", "--top-p", "1", "--temperature", "1"]
+LLADA_OWN = ["--remasking", "probability", "--schedule", "linear", "--no-eos-last", "--top-p", "1", "--temperature",
+             "1"]
+CASES = [(m, []) for m in entrgi.METHODS] + [("bon", LLADA_OWN), ("entrgi", LLADA_OWN)]
 
 
-@pytest.mark.parametrize("method, rules", [(m, []) for m in entrgi.METHODS] + [("bon", LLADA_OWN), ("entrgi", LLADA_OWN)])
+@pytest.mark.parametrize("method, rules", CASES)
 def test_llada_cli_end_to_end_with_blocks(method, rules, llada_dir, rm_dir, tmp_path):
     out, page = tmp_path / "run.jsonl", tmp_path / "trace.html"
     p = subprocess.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", llada_dir, "--reward-model", rm_dir,

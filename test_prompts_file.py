@@ -21,7 +21,8 @@ def prompt_lines(path):
     """The output's prompt lines, as text, and its summary records."""
     with open(path) as f:
         lines = f.read().splitlines()
-    return sorted(l for l in lines if '"summary"' not in l[:12]), [json.loads(l)["summary"] for l in lines if l.startswith('{"summary"')]
+    summaries = [json.loads(l)["summary"] for l in lines if l.startswith('{"summary"')]
+    return sorted(l for l in lines if '"summary"' not in l[:12]), summaries
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def test_batch_size_does_not_change_results(prompts_file, tmp_path, dream_dir, r
     records = sorted(map(json.loads, lines1), key=lambda r: r["index"])
     assert [r["prompt"] for r in records] == PROMPTS
     assert [r["seed"] for r in records] == list(range(len(PROMPTS)))          # seed + position in the file
-    assert all(len(r["responses"]) == 2 and r["top1_reward"] == max(x["reward"] for x in r["responses"]) for r in records)
+    assert all(len(r["responses"]) == 2 for r in records)
+    assert all(r["top1_reward"] == max(x["reward"] for x in r["responses"]) for r in records)
     assert summary1["table"] == summary3["table"] and summary1["results"] == len(PROMPTS)
     mean_top1 = sum(r["top1_reward"] for r in records) / len(records)
     assert summary1["table"]["entrgi"]["top1_reward"] == pytest.approx(mean_top1)
@@ -144,9 +146,11 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
     other = tmp_path / "other.jsonl"                        # written by this tool, for another prompts file
     other.write_text(json.dumps({"index": 0, "prompt": "Bye", "method": "entrgi"}) + "\n")
     cases = [
-        (["--prompts-file", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o1.jsonl")], "cannot read --prompts-file"),
+        (["--prompts-file", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o1.jsonl")],
+         "cannot read --prompts-file"),
         (["--prompts-file", str(empty), "--output", str(tmp_path / "o2.jsonl")], "holds no prompt"),
-        (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")], "line 2 has no prompt: it needs a non-empty \"prompt\" field"),
+        (["--prompts-file", str(no_prompt), "--output", str(tmp_path / "o3.jsonl")],
+         "line 2 has no prompt: it needs a non-empty \"prompt\" field"),
         (["--prompts-file", str(ok), "--output", str(foreign)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(tmp_path)], "is a folder"),

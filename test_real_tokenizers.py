@@ -39,7 +39,8 @@ def test_vocabulary_map_finds_all_but_two_tokens(tokenizers, capsys):
 def test_dream_chat_prompt_and_end_tokens(tokenizers):
     dream, _ = tokenizers
     assert dream.decode(entrgi.dllm_prompt_ids(dream, "Hi")) == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n")
     assert entrgi.end_ids(dream) == [151643, 151645]
     assert dream.mask_token == "<|mask|>" and dream.mask_token_id == 151666
 
@@ -82,7 +83,8 @@ def test_cli_with_the_real_vocabularies(real_vocab_dirs, tmp_path):
     dream, skywork = real_vocab_dirs
     out = tmp_path / "run.jsonl"
     p = subprocess.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream, "--reward-model", skywork,
-                        "--prompt", "Write a haiku about rain.", "--samples", "2", "--steps", "4", "--max-new-tokens", "8",
+                        "--prompt", "Write a haiku about rain.", "--samples", "2", "--steps", "4",
+                        "--max-new-tokens", "8",
                         "--device", "cpu", "--output", str(out)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr
@@ -91,5 +93,6 @@ def test_cli_with_the_real_vocabularies(real_vocab_dirs, tmp_path):
     from transformers import Qwen2Tokenizer
     tok = Qwen2Tokenizer.from_pretrained(dream)
     for r in result["responses"]:
-        assert "<|mask|>" not in r["text"] and r["text"] == tok.decode(tok(r["text"], add_special_tokens=False)["input_ids"])
+        assert "<|mask|>" not in r["text"]
+        assert r["text"] == tok.decode(tok(r["text"], add_special_tokens=False)["input_ids"])
     assert any(r["text"] for r in result["responses"])

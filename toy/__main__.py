@@ -35,7 +35,8 @@ def gradient_table(reward_fn=toy.R, r_values=None, scales=(32, 16, 8, 4, 2, 1, 0
             expected = torch.einsum("s,snv->nv", q_x, grads)
             row[method] = (cos(expected.flatten(), exact.flatten(), 0).item(),             # expected gradient
                            ((expected - exact).norm() / exact.norm()).item(),
-                           (q_x * (grads - exact).flatten(1).norm(dim=1)).sum().item() / exact.norm().item())  # one sample
+                           (q_x * (grads - exact).flatten(1).norm(dim=1)).sum().item()   # one sample
+                           / exact.norm().item())
         rows.append(row)
     return rows
 
@@ -70,7 +71,8 @@ def main():
             print(f"{row['scale']:6g} {row['H']:6.3f} {cells}")
     seeds = 200
     J_data = (toy.log_p.exp() * toy.r_X).sum().item()
-    print(f"\n2. Guided sampling with table a's reward, through entrgi.sample: T = L = {toy.n}, K = 4, M = 3, tau = 0.7,")
+    print(f"\n2. Guided sampling with table a's reward, through entrgi.sample: T = L = {toy.n}, K = 4, M = 3, "
+          "tau = 0.7,")
     print(f"   top-p = 0.95, {seeds} seeds x 4 trajectories per row. Final r of the sampled tokens: mean, its")
     print(f"   standard error over seeds, and Top@1 (best of the 4, averaged over seeds). For scale:")
     print(f"   E_p[r] = {J_data:.2f} exactly under the data distribution, max_x r(x) = {toy.r_X.max().item():.2f}.\n")
