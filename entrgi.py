@@ -586,7 +586,8 @@ def parse_args(argv=None):
     add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
     add("--temperature", type=float, default=0.7, help="tau, sampling temperature, in [0.001, 1000]")
     add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
-    add("--entropy-from", choices=["sampling", "model"], default="sampling", help="w from softmax(psi / tau), or psi")
+    add("--entropy-from", choices=["sampling", "model"], default="sampling",
+        help="the entropy weight w from softmax(psi / tau) (sampling, the paper) or softmax(psi) (model, the scripts)")
     add("--remasking", choices=REMASKING, default="entropy", help="which masked positions a step reveals first")
     add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
     add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
@@ -637,9 +638,9 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
         R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()   # per prompt: no batch-mates' padding
         best = R.index(max(R))
-        results.append({"method": cfg.method, "seed": seed, "responses": [{"text": t, "reward": r} for t, r in
-                        zip(responses, R)], "best_response": responses[best], "top1_reward": R[best],
-                        "avg_reward": sum(R) / len(R)})
+        scored = [{"text": t, "reward": r} for t, r in zip(responses, R)]
+        results.append({"method": cfg.method, "seed": seed, "responses": scored, "best_response": responses[best],
+                        "top1_reward": R[best], "avg_reward": sum(R) / len(R)})
         if judge:                                        # one more text scoring per response
             S = score_texts(*judge, [prompt] * cfg.K, responses).tolist()
             for response, s in zip(results[-1]["responses"], S):
@@ -654,7 +655,7 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
     for run, trace in zip(runs, traces):
         y = trace[-1][1]
         step, changed = torch.full_like(y, -1), torch.zeros_like(y, dtype=torch.bool)
-        for k, y_k, likely in trace:                     # the step that revealed each token; not the likely one?
+        for k, y_k, likely in trace:                     # when each token came, and whether the unguided argmax
             new = (y_k != tokenizer.mask_token_id) & (step < 0)
             step[new], changed = k, changed | new & (y_k != likely)
         columns.append(f"<div><h2>{run['method']}</h2>")
