@@ -13,8 +13,8 @@ from test_entrgi import chi_square_limit, nucleus as nucleus_distribution
 
 V, MASK, L = 4, 4, 4                     # 4 tokens and the mask: 4^4 = 256 possible responses
 _g = torch.Generator().manual_seed(3)
-BASE = 1.5 * torch.randn(L, V + 1, generator=_g)
-PAIR = 2.5 * torch.randn(L, L, V, V + 1, generator=_g)     # a revealed token at j moves the logits at l
+BASE = torch.randn(L, V + 1, generator=_g)
+PAIR = 1.5 * torch.randn(L, L, V, V + 1, generator=_g)     # a revealed token at j moves the logits at l
 BASE[:, MASK] = -math.inf                                   # the mask is never proposed (entrgi.make_denoiser's rule)
 
 
@@ -150,9 +150,9 @@ CASES = [   # (the owner's sampler, ours reproducing it, ours with another rule:
     ("dream maskgit_plus", lambda: dream_generate(denoiser, torch.full((N, L), MASK), 4, 0.7, 1.0, "maskgit_plus"),
      dict(T=4, remasking="probability", temperature=0.7, top_p=1.0), dict(remasking="margin")),
     ("dream topk_margin", lambda: dream_generate(denoiser, torch.full((N, L), MASK), 4, 0.7, 1.0, "topk_margin"),
-     dict(T=4, remasking="margin", temperature=0.7, top_p=1.0), dict(remasking="probability")),
+     dict(T=4, remasking="margin", temperature=0.7, top_p=1.0), dict(remasking="entropy")),
     ("dream entropy", lambda: dream_generate(denoiser, torch.full((N, L), MASK), 4, 0.7, 1.0, "entropy"),
-     dict(T=4, remasking="entropy", temperature=0.7, top_p=1.0), dict(remasking="probability")),
+     dict(T=4, remasking="entropy", temperature=0.7, top_p=1.0), dict(remasking="margin")),
 ]
 
 
