@@ -200,6 +200,15 @@ def test_confidence_rules_read_q_after_top_p():
     assert u.shape == (2, 3) and ((0 <= u) & (u < 1)).all()
 
 
+@pytest.mark.parametrize("rule", entrgi.REMASKING)
+def test_a_prompt_s_result_does_not_depend_on_its_batch_under_every_rule(rule):
+    def run(seeds):
+        cfg = entrgi.Config(method="bon", K=3, T=4, L=L, remasking=rule, top_p=0.8)
+        return entrgi.sample(denoiser, None, torch.zeros(V + 1, 1), seeds, L, MASK, [0], cfg)[0]
+    both = run([3, 4])
+    assert torch.equal(run([4]), both[3:]) and torch.equal(run([3]), both[:3])
+
+
 def test_end_token_last_is_a_switch():
     """A denoiser sure of the end token (id 0) at position 0: with eos_last it is revealed at the last step;
     without it, first."""
