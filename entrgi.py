@@ -338,7 +338,7 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
         x0 = top_p_sample(q, cfg.top_p, gen_x)                               # line 4: (N, m)
-        if order.dim() == 3:                                                 # the drawn token's probability
+        if cfg.remasking == "probability":                                   # read at the token drawn
             order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         if cfg.eos_last:                                                     # line 5: a sampled end token last
             order = torch.where(torch.isin(x0, eos_ids), order - 1e4, order)

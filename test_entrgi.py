@@ -433,7 +433,7 @@ def test_zero_guidance_is_the_unguided_sampler_and_seeds_repeat(dllm, rm, embedd
 def test_guide_every_k_guides_steps_0_k_2k_and_leaves_the_rest_unguided(dllm, rm, embedding):
     """With guide_every = 3 the reward is called (M = 1 times) at the revealing steps 3 and 6 only (step 0 reveals
     nothing: it is skipped whole); with guide_every past T only step 0 would be guided: the unguided sampler."""
-    (model, tok), (rm_model, rm_tok) = dllm, rm
+    (_, tok), (rm_model, rm_tok) = dllm, rm
     real = entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, PROMPTS[:1]), 4, entrgi.end_ids(tok))
     calls = []
     counting = lambda e, tokens: calls.append("R") or real(e, tokens)

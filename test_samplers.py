@@ -270,7 +270,7 @@ def test_logits_hook_raises_the_reward_in_dream_s_loop(hooked):
 def test_logits_hook_moves_only_masked_response_rows(hooked):
     """What the hook returns: the prompt's rows and the revealed rows exactly as given, the masked rows changed;
     at unguided steps (guide_every) and for bon, everything as given."""
-    model, tok, *_ = hooked
+    tok = hooked[1]
     P = len(hooked[4])
     seen = []
 
