@@ -11,8 +11,8 @@ Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algo
 import argparse
 import errno
 import html
+import inspect
 import json
-import logging
 import math
 import os
 import re
@@ -56,10 +56,10 @@ class Config:
         return self.method != "bon" and self.M > 0 and self.lr > 0
 
     def check(self):
-        """Raises InputError for the first setting out of its range; returns self."""
+        """Raises ValueError for the first setting out of its range; returns self."""
         def need(ok, message):
             if not ok:
-                raise InputError(message)
+                raise ValueError(message)
         B = self.L if self.block_length is None else self.block_length
         need(self.method in METHODS, f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
         for name, least in (("K", 1), ("T", 1), ("L", 1), ("M", 0), ("guide_every", 1)):
@@ -89,7 +89,7 @@ def relax(logits, embedding, method, temperature, top_p, generator, x=None, entr
     Its value is (1 - w) e_soft + w e_hard; its gradient always takes the soft path. soft: w = 0; aps: w = 1.
     x (...): a hard sample to hold fixed. entropy_from "model": w from softmax(psi), as the released scripts do."""
     if method not in ("soft", "aps", "entrgi"):
-        raise InputError(f"unknown relaxation {method!r}: choose entrgi, aps or soft")
+        raise ValueError(f"unknown relaxation {method!r}: choose entrgi, aps or soft")
     q = torch.softmax(logits.detach() / temperature, -1)                  # (..., V)
     e_soft = SoftEmbedding.apply(logits, q, embedding, temperature)
     if method == "soft":
@@ -125,31 +125,85 @@ def entropy(q):
     """H(q) over the last axis, with 0 log 0 = 0."""
     return torch.special.entr(q).sum(-1)
 
-def top_p_sample(q, top_p, generator, candidates=2):
+def top_p_sample(q, top_p, generator, candidates=3):
     """x ~ q (..., V) restricted to its nucleus (the tokens whose more likely tokens hold at most top_p of the mass,
-    Dream's rule), exactly, without sorting: each row draws `candidates` tokens from q and keeps the first in the
-    nucleus; rows missing all (at most (1 - top_p)^candidates of them) sort, after one host synchronisation."""
+    Dream's rule), without sorting and without reading anything back to the host.
+    Plain form: p = q * (q >= nucleus(q, top_p)); x ~ p / p.sum(), by sorting every row.
+    Here each row draws `candidates` tokens from q and keeps the first in the nucleus (rejection: exact);
+    a row missing all, with probability at most (1 - top_p)^candidates, takes the plain form, on a fixed number
+    of such rows (`fallback_rows`: more rows miss at once less often than once in 10^12 draws)."""
     V = q.shape[-1]
     flat = q.reshape(-1, V)
     u = uniform(flat.shape[0], candidates + 1, generator, q.device)
-    rows = max(1, (2**22 if q.is_cpu else 2**31) // (V * q.element_size()))   # CPU: row blocks that stay in cache
-    x, above = [], []
-    for p, w in zip(flat.split(rows), u.split(rows)):
-        cdf = p.cumsum(-1)
-        x.append(torch.searchsorted(cdf, w[:, :-1] * cdf[:, -1:], right=True).clamp_(max=V - 1))   # (r, C): x ~ q
-        if top_p < 1:                                    # the mass more likely than each candidate (in cdf's memory)
-            mass = [torch.linalg.vecdot(p, torch.gt(p, p.gather(-1, x[-1][:, c, None]), out=cdf))
-                    for c in range(candidates)]
-            above.append(torch.stack(mass, -1))
-    x = torch.cat(x)
-    ok = (flat.gather(-1, x) > 0) & (torch.cat(above) <= top_p if top_p < 1 else True)
+    x = inverse_cdf(flat, u[:, :-1])                                          # (n, C) x ~ q
+    ok = flat.gather(-1, x) > 0
+    if top_p < 1:                                        # the mass more likely than each candidate
+        ok &= mass_above(flat, flat.gather(-1, x)) <= top_p
     out = x.gather(-1, ok.int().argmax(-1, keepdim=True)).squeeze(-1)         # the first accepted candidate
-    missed = ~ok.any(-1)
-    if missed.any():
-        p = flat[missed].double()
-        cdf = torch.where(p >= nucleus(p, top_p).unsqueeze(-1), p, 0).cumsum(-1)   # the nucleus's, by sorting
-        out[missed] = torch.searchsorted(cdf, u[missed, -1:] * cdf[:, -1:], right=True).clamp_(max=V - 1).squeeze(-1)
+    missed = ~ok.any(-1)                                                      # (n,)
+    F = fallback_rows(flat.shape[0], (1 - top_p) ** candidates)
+    at = missed.int().argsort(descending=True, stable=True)[:F]              # (F,) the missed rows first
+    p = flat[at].float()
+    p = torch.where(p >= least_in_nucleus(p, top_p).unsqueeze(-1), p, 0)     # the nucleus, on F rows
+    plain = inverse_cdf(p, u[at, -1:]).squeeze(-1)
+    out = out.scatter(0, at, torch.where(missed[at], plain, out[at]))
     return out.view(q.shape[:-1])
+
+def mass_above(p, t):
+    """sum(p[p > t]) (n, C) for rows p (n, V) and thresholds t (n, C), in row blocks that stay in a CPU's
+    cache (the whole tensor at once on a GPU)."""
+    rows = max(1, (2**22 if p.is_cpu else 2**31) // (p.shape[-1] * p.element_size()))
+    above = torch.empty_like(p[:rows])
+    mass = []
+    for p_r, t_r in zip(p.split(rows), t.split(rows)):
+        a = above[: len(p_r)]
+        mass.append(torch.stack([torch.linalg.vecdot(p_r, torch.gt(p_r, t_r[:, c, None], out=a))
+                                 for c in range(t.shape[1])], -1))
+    return torch.cat(mass)
+
+def inverse_cdf(p, u, block=64):
+    """x (n, C) with P(x = i) = p_i / sum(p) for rows p (n, V) >= 0 and uniforms u (n, C) in [0, 1).
+    Plain form: searchsorted(p.cumsum(-1), u * p.sum(-1), right=True). Here the cumulative sum runs over
+    blocks of `block` tokens, then inside the one block each draw lands in (a CPU's cumsum is slow)."""
+    n, V = p.shape
+    if V <= 64 * block:                                  # a small vocabulary: the plain form is cheap
+        cdf = p.cumsum(-1)
+        target = (u.to(cdf.dtype) * cdf[:, -1:]).contiguous()
+        return torch.searchsorted(cdf, target, right=True).clamp_(max=V - 1)
+    cut = V - V % block
+    sums = p[:, :cut].unflatten(1, (-1, block)).sum(-1)                     # (n, V // block)
+    sums = torch.cat([sums, p[:, cut:].sum(-1, keepdim=True)], 1)            # the last, shorter block
+    cdf = sums.cumsum(-1)
+    target = u.to(cdf.dtype) * cdf[:, -1:]                                   # (n, C)
+    j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
+    start = j * block                                                        # (n, C) first token of the block
+    at = (start.unsqueeze(-1) + torch.arange(block, device=p.device)).clamp_(max=V - 1)   # (n, C, block)
+    inside = torch.where(at < V, p.gather(1, at.flatten(1)).view(at.shape), 0)
+    inside = torch.where(start.unsqueeze(-1) + torch.arange(block, device=p.device) < V, inside, 0)
+    before = cdf.gather(1, j) - sums.gather(1, j)                            # the mass before the block
+    k = torch.searchsorted(inside.cumsum(-1), (target - before).unsqueeze(-1), right=True)
+    return (start + k.squeeze(-1).clamp_(max=block - 1)).clamp_(max=V - 1)
+
+def least_in_nucleus(p, top_p):
+    """nucleus(p, top_p) for fp32 rows p (r, V) without sorting: the least t with sum(p[p > t]) <= top_p, by
+    bisection on the bit patterns of fp32 (ordered as the values, for t >= 0): 31 halvings find it exactly."""
+    lo = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)          # the mass above lo: > top_p
+    hi = torch.full_like(lo, 0x7F800000)                                       # +inf: the mass above is 0
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        inside = mass_above(p, mid.view(torch.float32)[:, None]).squeeze(-1) <= top_p
+        hi = torch.where(inside, mid, hi)
+        lo = torch.where(inside, lo, mid)
+    return hi.view(torch.float32)
+
+def fallback_rows(n, p_miss, rare=1e-12):
+    """The least F for which more than F of n rows, each missing with probability at most p_miss, miss
+    at once less often than `rare`, by Chernoff's bound P(X >= F) <= exp(-mu) (e mu / F)^F, mu = n p_miss."""
+    mu = n * p_miss
+    F = math.floor(mu) + 1
+    while F < n and -mu + F * (1 + math.log(max(mu, 1e-300) / F)) > math.log(rare):
+        F += 1
+    return min(F, n)
 
 def nucleus(q, top_p):
     """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it."""
@@ -191,7 +245,7 @@ def rm_slots(rm_tokenizer, prompts):
     """RM token ids before and after the response slot of the chat template: (prefixes, suffixes), a list each."""
     parts = [rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT) for prompt in prompts]
     if any(len(p) != 2 or not p[1] for p in parts):
-        raise InputError("the reward model's chat template does not place the reply verbatim, once, with text after "
+        raise ValueError("the reward model's chat template does not place the reply verbatim, once, with text after "
                          "it (where the score is read): use a reward model whose template does")
     ids = [[rm_tokenizer(s, add_special_tokens=False)["input_ids"] for s in p] for p in parts]
     return [p for p, _ in ids], [s for _, s in ids]
@@ -230,40 +284,52 @@ def attention_bias(valid, causal, dtype, past=None):
         allowed = torch.cat([past[:, None, None, :].expand(-1, 1, T, -1), allowed], -1)
     return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-# rm_score keeps a real token at the last position, where transformers pools: its padding warning does not apply
-logging.getLogger("transformers.modeling_layers").addFilter(lambda log: "inputs_embeds" not in log.getMessage())
+def cache_keyword(model):
+    """The name a forward gives its key/value cache: `cache` from transformers 5.24, `past_key_values` before
+    (read from the signature: 5.0-5.23 would swallow `cache` in **kwargs)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+def new_cache(config, layers=None):
+    """A DynamicCache: empty, or holding `layers` (keys, values a layer). Its constructor takes the model's
+    config from transformers 4.56 (and 5.x wants it for an empty one); before, it takes none."""
+    from transformers import DynamicCache
+    if layers is not None:
+        return DynamicCache(layers)
+    takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
+    return DynamicCache(config=config) if takes_config else DynamicCache()
 
 def rm_score(rm, x, valid, past_valid=None, past_kv=None):
     """R for reward-model input embeddings x (N, T, d), valid (N, T) marking real positions (padding anywhere but
-    last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values a layer): a cached prefix."""
-    from transformers import DynamicCache
+    last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values a layer): a cached prefix.
+    R is the score head on the last position's hidden state, where transformers' classifier pools."""
     start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
     position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
     bias = attention_bias(valid, causal=True, dtype=x.dtype, past=past_valid)
-    cache = None if past_kv is None else DynamicCache(past_kv)
-    return rm(inputs_embeds=x, attention_mask=bias, position_ids=position_ids, cache=cache,
-              use_cache=cache is not None).logits[:, 0].float()           # (N,)
+    body = rm.base_model
+    cache = {} if past_kv is None else {cache_keyword(body): new_cache(rm.config, past_kv)}
+    h = body(inputs_embeds=x, attention_mask=bias, position_ids=position_ids, use_cache=bool(cache), **cache)
+    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()       # (N,)
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
-    """reward(e (N, L, d), tokens (N, L)) -> R (N,), N = len(prefixes) * K, prompt-major: R reads the prompt's chat
-    prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. The prefix's keys and values are computed once;
-    the slot is cut after the last position any row reads (one host sync a call), which leaves R as it was."""
-    from transformers import DynamicCache
+    """reward(e (N, n, d), tokens (N, n)) -> R (N,), N = len(prefixes) * K, prompt-major: R reads the prompt's chat
+    prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. n <= L: the caller may pass the first n
+    positions when no row reads past them (R is the same; `sample` does, with what revealed tokens bound).
+    The prefix's keys and values are computed once."""
     E = rm.get_input_embeddings().weight
     end_ids, lead_ids = (torch.as_tensor(i, dtype=torch.long, device=E.device) for i in (end_ids, lead_ids))
     (pre, pre_valid), (suf, suf_valid) = (left_pad(rows, 0, E.device) for rows in (prefixes, suffixes))
     with torch.no_grad():
-        cache = DynamicCache(config=rm.config)
-        rm(inputs_embeds=E[pre], attention_mask=attention_bias(pre_valid, causal=True, dtype=E.dtype),
-           position_ids=(pre_valid.cumsum(1) - 1).clamp(min=0), cache=cache, use_cache=True)
+        cache = new_cache(rm.config)
+        rm.base_model(inputs_embeds=E[pre], attention_mask=attention_bias(pre_valid, causal=True, dtype=E.dtype),
+                      position_ids=(pre_valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
+                      **{cache_keyword(rm.base_model): cache})
         prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
     pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
     e_suf = E[suf]                                                       # (N, S, d), its last token real
     def reward(e, tokens):
-        seen = reads(tokens, end_ids, lead_ids)                          # (N, L)
-        n = int((seen * torch.arange(1, seen.shape[1] + 1, device=seen.device)).amax())   # the longest read prefix
-        x = torch.cat([e[:, :n].to(E.dtype), e_suf], 1)                  # (N, n + S, d) after the cached prefix
-        return rm_score(rm, x, torch.cat([seen[:, :n], suf_valid], 1), pre_valid, prefix_kv)
+        seen = reads(tokens, end_ids, lead_ids)                          # (N, n)
+        x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, n + S, d) after the cached prefix
+        return rm_score(rm, x, torch.cat([seen, suf_valid], 1), pre_valid, prefix_kv)
     return reward
 
 @torch.no_grad()
@@ -277,20 +343,25 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
 
 # 3. The guided step (Algorithm 1, lines 2-3)
 
-def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999), eps=1e-8):
+def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999), eps=1e-8, width=None,
+          overwrite=False):
     """M Adam steps on psi, the logits (N, m, V) fp32 at the masked positions idx (N, m) of y (N, L), up the
-    reward; psi is moved in place. Returns psi and the count (a tensor: no host sync) of updates whose reward
-    or gradient was not finite, given a zero gradient. Alive: psi, Adam's moments, q, one working tensor."""
-    psi = logits.detach().contiguous().requires_grad_(True)              # line 2: psi <- the logits (dLLM frozen)
+    reward. Returns psi and the count (a tensor: no host sync) of updates whose reward or gradient was not
+    finite, given a zero gradient. width: the reward reads the first `width` positions only (no row reads
+    further). overwrite=True builds psi in logits' own memory (one (N, m, V) tensor fewer; logits then hold psi).
+    Alive: psi, Adam's moments, q, one working tensor."""
+    psi = logits.detach() if overwrite else logits.detach().clone()      # line 2: psi <- the logits (dLLM frozen)
+    psi = psi.contiguous().requires_grad_(True)
     m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam's moments
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
+    n = y.shape[1] if width is None else width
     e_known = embedding[y.scatter(1, idx, 0)]                            # (N, L, d) E^R[token] where revealed
     at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])         # (N, m, d)
-    for n in range(1, cfg.M + 1):                                        # line 3
+    for step in range(1, cfg.M + 1):                                     # line 3
         e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
                      entropy_from=cfg.entropy_from)
         tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # masked positions read as argmax psi
-        R = reward(e_known.scatter(1, at_idx, e), tokens)                # (N,)
+        R = reward(e_known.scatter(1, at_idx, e)[:, :n], tokens[:, :n])  # (N,)
         g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
         with torch.no_grad():
             ok = (R + g.sum((1, 2))).isfinite()
@@ -298,28 +369,31 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
             g.masked_fill_(~ok[:, None, None], 0.0)
             m.lerp_(g, 1 - betas[0])                                     # Adam as torch.optim.Adam, in place
             v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-            c1, c2 = 1 - betas[0] ** n, math.sqrt(1 - betas[1] ** n)     # bias corrections
+            c1, c2 = 1 - betas[0] ** step, math.sqrt(1 - betas[1] ** step)   # bias corrections
             psi.addcdiv_(m, torch.sqrt(v, out=g).add_(eps * c2), value=-cfg.lr * c2 / c1)   # (denominator in g)
         del g                                                            # freed before the next forward
     return psi.detach(), skipped
 
 # 4. The sampler (Algorithm 1)
 
-def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
+def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
     """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns
     y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) -> (N, L, V) logits, row l predicting
-    token l; reward(e (N, L, d), tokens (N, L)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order.
-    y0 (N, L): tokens to start from. on_step(k, y, likely): called after each step that reveals tokens."""
-    device, N, B = embedding.device, len(seeds) * cfg.K, cfg.block_length or L
+    token l (the mask token's logit is set to -inf in a copy: the mask is never revealed); reward(e (N, n, d),
+    tokens (N, n)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order. y0 (N, L): tokens to start from.
+    on_step(k, y, likely): called after each step that reveals tokens. Nothing in the loop waits for the device."""
+    device, N, L = embedding.device, len(seeds) * cfg.K, cfg.L
+    block = cfg.block_length or L
     # one generator per prompt; separate streams, so guidance never shifts the sampler's draws
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
-    gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]
+    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    per_block = (y == mask_id).view(N, L // B, B).sum(-1)                # (N, blocks) masked positions
-    if (per_block != per_block[0]).any():
-        raise InputError("every row of y0 needs as many masked positions as the others, in every block")
-    counts = [c for n in per_block[0].tolist() for c in schedule(cfg.T * B // L, n, cfg.schedule)]   # a step each
+    per_block = (y == mask_id).view(N, L // block, block).sum(-1)        # (N, blocks) masked positions
+    if (per_block != per_block[0]).any():                                # (once a run, before the loop)
+        raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
+    counts = [c for n in per_block[0].tolist() for c in schedule(cfg.T * block // L, n, cfg.schedule)]
+    read_end = read_limit(eos_ids, L)
     skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
@@ -327,27 +401,56 @@ def sample(denoiser, reward, embedding, seeds, L, mask_id, eos_ids, cfg, progres
         m = sum(counts[k:])                              # masked positions, the same in every row
         idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]       # (N, m) the masked positions, in order
         logits = denoiser(y)                                                 # line 1: (N, L, V)
-        if m < L:                                                            # (N, m, V)
-            logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (N, m, V), a copy
+        if mask_id < logits.shape[-1]:                                       # the mask is never proposed
+            logits[..., mask_id] = -math.inf
         q = torch.softmax(logits / cfg.temperature, -1)                      # the unguided step distribution
         order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, read from q
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
         if cfg.guided and k % cfg.guide_every == 0:                          # lines 2-3
             del q                                        # (guidance holds its own (N, m, V) tensors)
-            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide)
+            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide, width=read_end(), overwrite=True)
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
         x0 = top_p_sample(q, cfg.top_p, gen_x)                               # line 4: (N, m)
         if cfg.remasking == "probability":                                   # read at the token drawn
             order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         if cfg.eos_last:                                                     # line 5: a sampled end token last
-            order = torch.where(torch.isin(x0, eos_ids), order - 1e4, order)
-        order = order.masked_fill(idx // B != k * (L // B) // cfg.T, -math.inf)   # the current block only
+            order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
+        order = order.masked_fill(idx // block != k * (L // block) // cfg.T, -math.inf)   # the current block only
         reveal = order.topk(counts[k], -1).indices                           # (N, counts[k]) of the m
         y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))        # line 6
+        read_end.update(y)
         if on_step:
             on_step(k, y, likely)
     return y, skipped
+
+GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime), apart from the sampler's
+EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
+
+def read_limit(eos_ids, L):
+    """limit() -> n: no row reads position n or later: n is the latest first revealed end token over the rows
+    (revealed tokens never change, so a bound from an earlier step holds). limit.update(y) starts copying y's
+    bound to the host without waiting; limit() returns the newest bound that has arrived (L before any)."""
+    state = {"n": L, "pending": None}
+    def limit():
+        pending = state["pending"]
+        if pending is not None and (pending[1] is None or pending[1].query()):
+            state["n"] = int(pending[0].numpy().max())                  # a host tensor: no device read
+            state["pending"] = None
+        return min(state["n"], L)
+    def update(y):
+        ends = reads(y, eos_ids).sum(1)                                  # (N,) the first end token's position
+        if y.is_cpu:
+            state["pending"] = (ends, None)
+            return
+        host = torch.empty(ends.shape, dtype=ends.dtype, pin_memory=True)
+        host.copy_(ends, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        state["pending"] = (host, done)
+    limit.update = update
+    return limit
 
 def schedule(T, L, kind="dream"):
     """Tokens revealed at each of T steps, L in all. dream: floor(n_masked (1 - t_{k+1} / t_k)), t = linspace(1,
@@ -482,23 +585,46 @@ def dllm_config(name, kind, raw):
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"model {name!r}: config.json is no {kind} configuration ({type(err).__name__}: {err})")
 
+def dtype_kwarg(dtype):
+    """from_pretrained's keyword for the weights' dtype: `dtype` where configs take it (4.56 on), else
+    `torch_dtype` (read from the signature, not the version)."""
+    import transformers as tf
+    config_class = getattr(tf, "PreTrainedConfig", None) or tf.PretrainedConfig
+    takes_dtype = "dtype" in inspect.signature(config_class.__init__).parameters
+    return {"dtype" if takes_dtype else "torch_dtype": dtype}
+
+DLLMS = {"Dream": ("DreamModel",), "llada": ("LLaDAModelLM",)}   # model_type -> the architectures loaded
+
+def dllm_kind(name, raw):
+    """Dream or llada, from config.json's model_type and architectures; anything else refused, by name."""
+    kind, architectures = raw.get("model_type"), raw.get("architectures") or []
+    if kind not in DLLMS:
+        raise InputError(f"{name!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
+    other = [a for a in architectures if a not in DLLMS[kind]]
+    if any("MoE" in a for a in other):
+        raise InputError(f"{name!r} is {other[0]}, a mixture of experts (LLaDA-MoE): entrgi.py loads the dense "
+                         "Dream and LLaDA models only")
+    if other:
+        raise InputError(f"{name!r} has model_type {kind!r} but architecture {other[0]}: entrgi.py loads "
+                         f"{' or '.join(DLLMS[kind])} only")
+    return kind
+
 def load_dllm(name_or_path, device="cpu", dtype="auto"):
     """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers' Qwen2ForCausalLM or
     LlamaForCausalLM attending both ways, every weight found and used, no remote code: (model, tokenizer), frozen."""
     import transformers as tf
     path, raw = resolve(name_or_path)
-    kind, mask_id = raw.get("model_type"), raw.get("mask_token_id")
-    if kind not in ("Dream", "llada"):
-        raise InputError(f"{name_or_path!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
+    kind, mask_id = dllm_kind(name_or_path, raw), raw.get("mask_token_id")
     config, mapping = dllm_config(name_or_path, kind, raw), LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
-        path, config=config, dtype=pick_dtype(device, dtype), key_mapping=mapping, output_loading_info=True))
+        path, config=config, key_mapping=mapping, output_loading_info=True, **dtype_kwarg(pick_dtype(device, dtype))))
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     if missing or unexpected:
         raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
-    tokenizer_class = tf.Qwen2Tokenizer if kind == "Dream" else tf.PreTrainedTokenizerFast
+    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)     # 4.x: Qwen2Tokenizer is the slow one
+    tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
     if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
         raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id {mask_id}): a masked "
@@ -514,21 +640,29 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its config.json names "
                          f"{raw.get('architectures')}, model_type {raw.get('model_type')!r})")
     model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=pick_dtype(device, dtype)))
+        path, **dtype_kwarg(pick_dtype(device, dtype))))
     tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
+    try:
+        rm_slots(tokenizer, ["a prompt"])
+    except ValueError as err:
+        raise InputError(f"reward model {name_or_path!r}: {err}") from None
     if model.config.num_labels != 1:
         raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels, not one score")
+    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+        raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no linear `score` head "
+                         "on its last position, as Llama's, Qwen's and Gemma's classifiers have")
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 def dllm_logits(model, ids, valid, last=None):
     """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows alone, row i predicting token i: Dream
     predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
     T = ids.shape[1]
-    rows = (torch.arange(T - (last or T), T) - int(getattr(model.config, "shift_logits", False))).clamp(min=0)
+    shift = int(getattr(model.config, "shift_logits", False))
+    rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
     return model(input_ids=ids, attention_mask=attention_bias(valid, causal=False, dtype=model.dtype),
-                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows.to(ids.device)).logits
+                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
 
 def dllm_prompt_ids(tokenizer, prompt):
     """The dLLM's chat-formatted prompt, ready for the assistant's reply."""
@@ -608,7 +742,10 @@ def configs(args):
                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, block_length=args.block_length,
                   entropy_from=args.entropy_from, remasking=args.remasking, schedule=args.schedule,
                   eos_last=args.eos_last, guide_every=args.guide_every)
-    return [Config(m, **shared).check() for m in (METHODS if args.method == "all" else [args.method])]
+    try:
+        return [Config(m, **shared).check() for m in (METHODS if args.method == "all" else [args.method])]
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 def pick_device(device):
     if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -629,8 +766,7 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
     eos = end_ids(tok)
     denoiser = make_denoiser(dllm, [dllm_prompt_ids(tok, p) for p in prompts], cfg.K, cfg.L, tok.mask_token_id)
     reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
-    y, skipped = sample(denoiser, reward, embedding, seeds, cfg.L, tok.mask_token_id, eos, cfg, progress,
-                        on_step=on_step)
+    y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite")
     texts, results = decode(tok, y, eos), []
@@ -653,6 +789,7 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
     by side, a slider over the steps, each token marked where it is not the unguided step's most likely."""
     eos, columns = torch.tensor(end_ids(tokenizer)), []
     for run, trace in zip(runs, traces):
+        trace = [(k, y_k.cpu(), likely.cpu()) for k, y_k, likely in trace]   # the page is built on the host
         y = trace[-1][1]
         step, changed = torch.full_like(y, -1), torch.zeros_like(y, dtype=torch.bool)
         for k, y_k, likely in trace:                     # when each token came, and whether the unguided argmax
@@ -939,8 +1076,9 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     depth = {"num_hidden_layers": layers} if layers else {}
     torch.manual_seed(0)
     with torch.device(device):                           # random weights, `layers` layers each where asked
-        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), dtype=dtype)
-        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}), dtype=dtype)
+        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), **dtype_kwarg(dtype))
+        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}),
+                                                               **dtype_kwarg(dtype))
     dllm, rm = bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
     V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
     prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
@@ -949,7 +1087,7 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
     cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
     denoiser, reward = make_denoiser(dllm, [prompt], K, L, V - 1), make_reward(rm, [prefix], [suffix], K, [V - 2])
-    step = lambda: sample(denoiser, reward, embedding, [0], L, V - 1, [V - 2], cfg, y0=y0)
+    step = lambda: sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg, y0=y0)
     peak = peak_memory(step, cuda)
     def timed(fn):
         times = []

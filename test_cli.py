@@ -71,7 +71,14 @@ def broken_dirs(dream_dir, rm_dir, tmp_path_factory):
     no_mask, no_template = str(root / "no_mask"), str(root / "no_template")
     shutil.copytree(dream_dir, no_mask)
     shutil.copytree(rm_dir, no_template)
-    os.remove(os.path.join(no_template, "chat_template.jinja"))      # where transformers 5 saves it
+    template_file = os.path.join(no_template, "chat_template.jinja")   # where transformers 4.43 on saves it
+    if os.path.exists(template_file):
+        os.remove(template_file)
+    with open(os.path.join(no_template, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config.pop("chat_template", None)                          # where older versions save it
+    with open(os.path.join(no_template, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
     config_file = os.path.join(no_mask, "tokenizer_config.json")
     with open(config_file) as f:
         config = json.load(f)

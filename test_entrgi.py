@@ -37,7 +37,7 @@ def run_sampler(dllm, rm, embedding, method, seeds, L=8, T=8, M=3, lr=0.5, rewar
     eos = entrgi.end_ids(tok)
     denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, p) for p in prompts], K, L, tok.mask_token_id)
     reward = reward or entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, prompts), K, eos)
-    return entrgi.sample(denoiser, reward, embedding, seeds, L, tok.mask_token_id, eos, cfg, on_step=on_step)
+    return entrgi.sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, on_step=on_step)
 
 # -----------------------------------------------------------------------------
 # the denoiser: Dream through Qwen2 with a bidirectional mask, logits shifted
@@ -253,18 +253,15 @@ def test_embedding_reward_equals_text_reward_and_ignores_what_follows_the_end(rm
     torch.testing.assert_close(R, text, rtol=0, atol=1e-5)
 
 
-def test_reward_reads_only_to_the_longest_read_prefix_and_is_unchanged(rm, monkeypatch):
-    """The slot is cut after the last position any row reads; R and its gradient in e equal those of the whole
-    slot, computed here row by row without the cached prefix and without the cut. 2 prompts x K = 2 rows of
-    L = 12 ending at 3, 5, 9, 2 (read: 9 positions), then at 3, 5, 9 and nowhere (all 12)."""
+def test_reward_cut_after_the_longest_read_prefix_is_unchanged(rm):
+    """R and its gradient in e, on the first n positions (n: past every row's read) and on all L, equal those
+    of the whole slot computed here row by row without the cached prefix. 2 prompts x K = 2 rows of L = 12
+    ending at 3, 5, 9, 2 (read: 9 positions), then at 3, 5, 9 and nowhere (all 12)."""
     rm_model, rm_tok = rm
     E = rm_model.get_input_embeddings().weight
     g = torch.Generator().manual_seed(0)
     L, end = 12, rm_tok.eos_token_id
     prefixes, suffixes = entrgi.rm_slots(rm_tok, PROMPTS)
-    widths = []
-    score = entrgi.rm_score
-    monkeypatch.setattr(entrgi, "rm_score", lambda rm, x, *a: widths.append(x.shape[1]) or score(rm, x, *a))
     reward = entrgi.make_reward(rm_model, prefixes, suffixes, 2, [end])
     for ends, read in (((3, 5, 9, 2), 9), ((3, 5, 9, None), L)):
         tokens = torch.randint(0, 300, (4, L), generator=g)
@@ -272,18 +269,55 @@ def test_reward_reads_only_to_the_longest_read_prefix_and_is_unchanged(rm, monke
             if at is not None:
                 tokens[row, at] = end
         e = (E[tokens] + 0.1 * torch.randn(4, L, E.shape[1], generator=g)).requires_grad_(True)   # off the tokens
-        R = reward(e, tokens)
-        assert widths[-1] == read + len(suffixes[0])
-        grad, = torch.autograd.grad(R.sum(), e)
-        for row in range(4):
-            p, s = (torch.tensor(ids[row // 2]) for ids in (prefixes, suffixes))
-            x = torch.cat([E[p], e[row], E[s]])[None]
-            seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
-            valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
-            R_full = score(rm_model, x, valid[None])
-            grad_full, = torch.autograd.grad(R_full.sum(), e)
-            torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
-            torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
+        for n in (read, L):
+            R = reward(e[:, :n], tokens[:, :n])
+            grad, = torch.autograd.grad(R.sum(), e)
+            for row in range(4):
+                p, s = (torch.tensor(ids[row // 2]) for ids in (prefixes, suffixes))
+                x = torch.cat([E[p], e[row], E[s]])[None]
+                seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
+                valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
+                R_full = entrgi.rm_score(rm_model, x, valid[None])
+                grad_full, = torch.autograd.grad(R_full.sum(), e)
+                torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
+                torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
+
+
+def test_read_limit_is_the_latest_first_revealed_end():
+    """The reward's width bound in `sample`: L until an update, then the latest first revealed end token over
+    the rows (a masked position, 9 here, is no end); it only falls as tokens are revealed."""
+    limit = entrgi.read_limit(torch.tensor([1, 2]), 6)
+    assert limit() == 6
+    limit.update(torch.tensor([[5, 9, 1, 9, 9, 9], [9, 9, 9, 9, 2, 9]]))
+    assert limit() == 4
+    limit.update(torch.tensor([[5, 9, 1, 9, 9, 9], [1, 9, 9, 9, 2, 9]]))
+    assert limit() == 2
+    limit.update(torch.tensor([[5, 9, 9, 9, 9, 9], [1, 9, 9, 9, 2, 9]]))
+    assert limit() == 6
+
+
+def test_sampler_passes_the_reward_the_read_limit():
+    """Guided, the reward is given the first n positions, n the latest first revealed end token, and the
+    result equals a run whose reward always sees all L (the reward reads nothing past an end token).
+    The denoiser is sure of the end token (id 1) at position 4 of every row."""
+    V, L, end, mask = 12, 10, 1, 11
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(L, V, generator=g)
+    logits[4, end] = 20.0
+    E, c = torch.randn(V, 3, generator=g), torch.randn(3, generator=g)
+    full = lambda e, tokens: (torch.tanh(e @ c) * entrgi.reads(tokens, torch.tensor([end]))).sum(-1)
+    widths = []
+    def cut(e, tokens):
+        widths.append(e.shape[1])
+        pad = L - e.shape[1]
+        return full(torch.cat([e, e.new_zeros(e.shape[0], pad, 3)], 1), torch.cat([tokens, tokens.new_full(
+            (tokens.shape[0], pad), end)], 1))
+    cfg = entrgi.Config(method="entrgi", K=3, T=L, L=L, M=2, eos_last=False)
+    denoiser = lambda y: logits.expand(y.shape[0], -1, -1).clone()
+    y_cut, _ = entrgi.sample(denoiser, cut, E, [0, 1], mask, [end], cfg)
+    y_all, _ = entrgi.sample(denoiser, full, E, [0, 1], mask, [end], cfg)
+    assert torch.equal(y_cut, y_all) and (y_cut[:, 4] == end).all()
+    assert widths[0] == L and min(widths) <= 4 and widths == sorted(widths, reverse=True)
 
 
 def test_reads_stops_at_the_first_end_and_skips_leading_lead_tokens():
@@ -350,7 +384,7 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
         if n == 0:
             continue
         logits = denoiser(ref)
-        u = torch.rand((K, n_masked, 3), generator=gen)                        # 3 uniforms a masked position, in order
+        u = torch.rand((K, n_masked, 4), generator=gen)                        # 4 uniforms per masked position, in order
         for r in range(K):
             candidates = []
             for j, l in enumerate(l for l in range(L) if ref[r, l] == mask):
@@ -380,7 +414,7 @@ def test_reveal_order_is_by_entropy_with_eos_last():
         seen.append(y.clone())
         return logits.expand(y.shape[0], -1, -1)
     cfg = entrgi.Config(method="bon", K=1, T=4, L=4, temperature=1.0, top_p=0.5)   # the nucleus is the top token
-    y, _ = entrgi.sample(denoiser, None, torch.randn(6, 3), [0], 4, 5, [0], cfg)
+    y, _ = entrgi.sample(denoiser, None, torch.randn(6, 3), [0], 5, [0], cfg)
     assert y.tolist() == [[0, 1, 2, 3]]
     assert entrgi.schedule(4, 4) == [0, 1, 1, 2] and len(seen) == 3     # a step revealing nothing is skipped
     revealed = [set((s[0] != 5).nonzero().flatten().tolist()) for s in seen + [y]]
@@ -402,7 +436,7 @@ def test_blocks_reveal_left_to_right_however_confident_later_blocks_are():
         cfg = entrgi.Config(method=method, K=2, T=T, L=L, block_length=block_length).check()
         steps.clear()
         record = lambda k, y, likely: steps.append((k, (y[0] != V - 1).nonzero().flatten().tolist()))
-        y, _ = entrgi.sample(denoiser, reward, E, [0], L, V - 1, [V - 2], cfg, on_step=record)
+        y, _ = entrgi.sample(denoiser, reward, E, [0], V - 1, [V - 2], cfg, on_step=record)
         if method == "bon":
             assert steps[0][1] == [L - 1]                      # unblocked: the most confident, the last, goes first
             continue

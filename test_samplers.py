@@ -134,7 +134,7 @@ def two_sample_chi_square(a, b):
 
 def ours(n, seed, T, **settings):
     cfg = entrgi.Config(method="bon", K=n, T=T, L=L, eos_last=False, **settings).check()
-    return entrgi.sample(denoiser, None, torch.zeros(V + 1, 1), [seed], L, MASK, [0], cfg)[0]
+    return entrgi.sample(denoiser, None, torch.zeros(V + 1, 1), [seed], MASK, [0], cfg)[0]
 
 
 N = 40_000
@@ -204,7 +204,7 @@ def test_confidence_rules_read_q_after_top_p():
 def test_a_prompt_s_result_does_not_depend_on_its_batch_under_every_rule(rule):
     def run(seeds):
         cfg = entrgi.Config(method="bon", K=3, T=4, L=L, remasking=rule, top_p=0.8)
-        return entrgi.sample(denoiser, None, torch.zeros(V + 1, 1), seeds, L, MASK, [0], cfg)[0]
+        return entrgi.sample(denoiser, None, torch.zeros(V + 1, 1), seeds, MASK, [0], cfg)[0]
     both = run([3, 4])
     assert torch.equal(run([4]), both[3:]) and torch.equal(run([3]), both[:3])
 
@@ -218,7 +218,7 @@ def test_end_token_last_is_a_switch():
     for eos_last, step in ((True, 3), (False, 1)):
         revealed = []
         cfg = entrgi.Config(method="bon", K=2, T=4, L=L, top_p=1.0, eos_last=eos_last)
-        entrgi.sample(lambda y: logits.expand(y.shape[0], -1, -1), None, torch.zeros(V + 1, 1), [0], L, MASK, [0], cfg,
+        entrgi.sample(lambda y: logits.expand(y.shape[0], -1, -1), None, torch.zeros(V + 1, 1), [0], MASK, [0], cfg,
                       on_step=lambda k, y, likely: revealed.append((k, (y[:, 0] != MASK).all().item())))
         assert min(k for k, done in revealed if done) == step
 

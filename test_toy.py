@@ -134,7 +134,7 @@ def test_entropy_weight_is_0_at_one_hot_1_at_uniform_and_rises():
 
 def run(method, seeds, **kw):
     cfg = entrgi.Config(method=method, K=4, T=toy.n, L=toy.n, **kw)
-    return entrgi.sample(toy.denoiser, toy.reward, toy.E, seeds, toy.n, toy.MASK, [], cfg)[0]
+    return entrgi.sample(toy.denoiser, toy.reward, toy.E, seeds, toy.MASK, [], cfg)[0]
 
 
 def test_toy_sampler_zero_guidance_is_unguided():

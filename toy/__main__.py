@@ -49,7 +49,7 @@ def sampling_table(seeds=200, K=4, lrs=(0.5, 2.0)):
             if method == "bon" and lr != lrs[0]:
                 continue
             cfg = entrgi.Config(method=method, K=K, T=toy.n, L=toy.n, M=3, lr=lr)
-            y, _ = entrgi.sample(toy.denoiser, toy.reward, toy.E, list(range(seeds)), toy.n, toy.MASK, [], cfg)
+            y, _ = entrgi.sample(toy.denoiser, toy.reward, toy.E, list(range(seeds)), toy.MASK, [], cfg)
             r = toy.r(y).view(seeds, K)
             per_seed = r.mean(1)
             rows.append({"method": method, "lr": lr if method != "bon" else None, "mean": r.mean().item(),
