@@ -554,3 +554,54 @@ def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
     custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1,
                               P=4, steps=1)
     assert custom["preset"] == "custom" and custom["ratio"] > 0 and "custom preset" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# the pieces people copy stand alone
+
+
+def test_guide_leaves_the_caller_s_logits_unless_asked_to_overwrite():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 6, generator=g)
+    E = torch.randn(6, 4, generator=g)
+    y, idx = torch.tensor([[5, 0, 0, 0]] * 2), torch.tensor([[1, 2, 3]] * 2)
+    reward = lambda e, tokens: e.sum((1, 2))
+    cfg = entrgi.Config(method="soft", K=2, M=2, lr=0.3)
+    before = logits.clone()
+    psi, _ = entrgi.guide(logits, y, idx, reward, E, cfg, None)
+    assert torch.equal(logits, before) and not torch.equal(psi, before)
+    psi2, _ = entrgi.guide(logits, y, idx, reward, E, cfg, None, overwrite=True)
+    assert torch.equal(psi2, psi) and torch.equal(logits, psi)          # built in the caller's memory, as asked
+
+
+COPIED = ["relax", "SoftEmbedding", "entropy", "top_p_sample", "inverse_cdf", "mass_above", "least_in_nucleus",
+          "fallback_rows", "nucleus", "uniform", "guide", "sample", "read_limit", "schedule", "confidence",
+          "logits_hook", "make_reward", "rm_score", "score_texts", "reads", "left_pad", "attention_bias",
+          "cache_keyword", "new_cache", "rm_slots", "rm_chat", "Config"]
+
+
+@pytest.mark.parametrize("name", COPIED)
+def test_a_copied_piece_uses_nothing_of_the_command_line(name):
+    import inspect
+    source = inspect.getsource(getattr(entrgi, name))
+    for word in ("InputError", "WriteError", "args.", "argparse", "sys.exit", "parser"):
+        assert word not in source, (name, word)
+
+
+def test_bad_settings_raise_value_error_not_the_command_line_s():
+    with pytest.raises(ValueError, match="K must be at least 1") as err:
+        entrgi.Config(K=0).check()
+    assert type(err.value) is ValueError
+    with pytest.raises(ValueError, match="unknown relaxation"):
+        entrgi.relax(torch.zeros(1, 3), torch.zeros(3, 2), "hard", 1.0, 1.0, None)
+
+
+def test_importing_entrgi_changes_nothing():
+    """No transformers import, no logging filter, nothing printed, at import."""
+    import subprocess
+    import sys
+    code = ("import logging, sys; import entrgi; "
+            "print('transformers' in sys.modules, logging.getLogger('transformers.modeling_layers').filters)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert out.stdout.strip() == "False []" and out.stderr == ""

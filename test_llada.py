@@ -105,6 +105,9 @@ def edited(llada_dir, tmp_path, weights=None, config=None):
      "missing ['model.layers.1.mlp.up_proj"),
     (dict(weights=lambda w: w.update({"model.transformer.blocks.0.extra.weight": torch.zeros(2)})),
      "unexpected ['model.transformer.blocks.0.extra.weight']"),
+    (dict(config={"architectures": ["LLaDAMoEModelLM"], "moe_num_experts": 64}),   # LLaDA-MoE-7B-A1B's config
+     "is LLaDAMoEModelLM, a mixture of experts"),
+    (dict(config={"architectures": ["LLaDAModelLMv2"]}), "but architecture LLaDAModelLMv2"),
 ])
 def test_llada_loading_is_strict(llada_dir, tmp_path, change, message):
     with pytest.raises(entrgi.InputError, match=".*" + message.replace("[", r"\[").replace(".", r"\.")):
