@@ -388,11 +388,16 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    per_block = (y == mask_id).view(N, L // block, block).sum(-1)        # (N, blocks) masked positions
-    if (per_block != per_block[0]).any():                                # (once a run, before the loop)
-        raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
-    counts = [c for n in per_block[0].tolist() for c in schedule(cfg.T * block // L, n, cfg.schedule)]
+    if y0 is None:
+        y = torch.full((N, L), mask_id, dtype=torch.long, device=device)
+        masked = [block] * (L // block)                                  # masked positions per block
+    else:                                                                # y0 read once, before the loop
+        y = y0.clone()
+        per_block = (y == mask_id).view(N, L // block, block).sum(-1).cpu()
+        if (per_block != per_block[0]).any():
+            raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
+        masked = per_block[0].tolist()
+    counts = [c for n in masked for c in schedule(cfg.T * block // L, n, cfg.schedule)]   # per step
     read_end = read_limit(eos_ids, L)
     skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
@@ -457,7 +462,7 @@ def schedule(T, L, kind="dream"):
     1e-3, T + 1), the rest at the last step (Dream's); linear: L // T, one more in the first L % T (LLaDA's)."""
     if kind == "linear":
         return [L // T + (k < L % T) for k in range(T)]
-    t, counts = torch.linspace(1, 1e-3, T + 1), []
+    t, counts = torch.linspace(1, 1e-3, T + 1, device="cpu"), []          # on the host, as Dream's float32
     for k in range(T):
         n = L - sum(counts)
         counts.append(n if k == T - 1 else int(n * (1 - t[k + 1] / t[k])))

@@ -384,7 +384,7 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
         if n == 0:
             continue
         logits = denoiser(ref)
-        u = torch.rand((K, n_masked, 4), generator=gen)                        # 4 uniforms per masked position, in order
+        u = torch.rand((K, n_masked, 4), generator=gen)                 # 4 uniforms per masked position, in order
         for r in range(K):
             candidates = []
             for j, l in enumerate(l for l in range(L) if ref[r, l] == mask):

@@ -155,3 +155,55 @@ def test_fallback_rows_bound_the_misses():
         misses = (torch.rand(20_000, n, generator=g) < p).sum(1)
         assert int(misses.max()) <= F
     assert entrgi.fallback_rows(256, 0.0) == 1 and math.isclose(entrgi.fallback_rows(10, 1.0), 10)
+
+
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="needs a CUDA build of torch (no GPU needed): "
+                    "pip install torch==2.14.1 into another environment to run it")
+def test_every_tensor_of_the_loop_lives_on_the_gpu_fake_tensors(monkeypatch):
+    """On fake CUDA tensors (FakeTensorMode: shapes and devices, no memory, no GPU), a CPU tensor meeting
+    a CUDA one raises, and so does any value read back: the denoiser, the reward, `sample` under every
+    rule and `logits_hook` run through. What needs a driver is stood in for: the generators (CPU ones),
+    the copy's event, the backward (zeros; its placement is autograd's), and the two host reads made by
+    design (the schedule, once a run; the read bound's host copy)."""
+    import transformers as tf
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    real_generator, real_schedule, real_limit = torch.Generator, entrgi.schedule, entrgi.read_limit
+
+    def host_schedule(*a, **k):
+        with unset_fake_temporarily():
+            return real_schedule(*a, **k)
+
+    def checked_limit(eos_ids, L):
+        limit = lambda: L
+        limit.update = real_limit(eos_ids, L).update
+        return limit
+    class CpuGenerator(real_generator):
+        def __new__(cls, device="cpu"):
+            return real_generator("cpu")
+    monkeypatch.setattr(torch, "Generator", CpuGenerator)
+    event = type("Event", (), {"record": lambda self: None, "query": lambda self: True})
+    monkeypatch.setattr(torch.cuda, "Event", event)
+    zeros = lambda out, inputs, *a, **k: tuple(map(torch.zeros_like, inputs if isinstance(inputs, tuple) else [inputs]))
+    monkeypatch.setattr(torch.autograd, "grad", zeros)
+    monkeypatch.setattr(entrgi, "schedule", host_schedule)
+    monkeypatch.setattr(entrgi, "read_limit", checked_limit)
+    V, Vr, L, P, K = 384, 360, 16, 6, 2
+    with FakeTensorMode(allow_non_fake_inputs=False), torch.device("cuda"):
+        dllm = entrgi.bidirectional(tf.Qwen2ForCausalLM(tf.Qwen2Config(
+            vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True))).eval().requires_grad_(False)
+        rm = tf.Qwen3ForSequenceClassification(tf.Qwen3Config(
+            vocab_size=Vr, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)).eval().requires_grad_(False)
+        embedding = rm.get_input_embeddings().weight[torch.arange(V) % Vr]
+        mask, end = V - 1, V - 2
+        denoiser = entrgi.make_denoiser(dllm, [[1, 2, 3, 4, 5, 6], [7, 8]], K, L, mask)
+        reward = entrgi.make_reward(rm, [[1, 2, 3], [4, 5]], [[6, 7], [8, 9]], K, [end], [10])
+        for method, rule, top_p in (("entrgi", "entropy", 0.95), ("aps", "probability", 0.9),
+                                    ("soft", "margin", 1.0), ("bon", "random", 0.6)):
+            cfg = entrgi.Config(method=method, K=K, T=8, L=L, M=2, remasking=rule, top_p=top_p, block_length=8)
+            y, _ = entrgi.sample(denoiser, reward, embedding, [0, 1], mask, [end], cfg, on_step=lambda *a: None)
+            assert y.device.type == "cuda"
+        hook = entrgi.logits_hook(reward, embedding, entrgi.Config(K=K, T=8, L=L, M=2), mask, P, None)
+        out = hook(0, torch.full((2 * K, P + L), mask), torch.randn(2 * K, P + L, V))
+        assert out.device.type == "cuda"
