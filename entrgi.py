@@ -298,23 +298,25 @@ def new_cache(config, layers=None):
     takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
     return DynamicCache(config=config) if takes_config else DynamicCache()
 
-def rm_score(rm, x, valid, past_valid=None, past_kv=None):
+def rm_score(rm, x, valid, past_valid=None, past_kv=None, body=None):
     """R for reward-model input embeddings x (N, T, d), valid (N, T) marking real positions (padding anywhere but
     last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values a layer): a cached prefix.
-    R is the score head on the last position's hidden state, where transformers' classifier pools."""
+    R is the score head on the last position's hidden state, where transformers' classifier pools.
+    body: rm.base_model, or a compiled form of it."""
     start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
     position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
     bias = attention_bias(valid, causal=True, dtype=x.dtype, past=past_valid)
-    body = rm.base_model
-    cache = {} if past_kv is None else {cache_keyword(body): new_cache(rm.config, past_kv)}
+    body = rm.base_model if body is None else body
+    cache = {} if past_kv is None else {cache_keyword(rm.base_model): new_cache(rm.config, past_kv)}
     h = body(inputs_embeds=x, attention_mask=bias, position_ids=position_ids, use_cache=bool(cache), **cache)
     return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()       # (N,)
 
-def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
+def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=(), compile=False):
     """reward(e (N, n, d), tokens (N, n)) -> R (N,), N = len(prefixes) * K, prompt-major: R reads the prompt's chat
     prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. n <= L: the caller may pass the first n
     positions when no row reads past them (R is the same; `sample` does, with what revealed tokens bound).
-    The prefix's keys and values are computed once."""
+    The prefix's keys and values are computed once. compile: torch.compile the reward model's body, its
+    sequence length dynamic (n changes from step to step)."""
     E = rm.get_input_embeddings().weight
     end_ids, lead_ids = (torch.as_tensor(i, dtype=torch.long, device=E.device) for i in (end_ids, lead_ids))
     (pre, pre_valid), (suf, suf_valid) = (left_pad(rows, 0, E.device) for rows in (prefixes, suffixes))
@@ -326,10 +328,11 @@ def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
         prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
     pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
     e_suf = E[suf]                                                       # (N, S, d), its last token real
+    body = torch.compile(rm.base_model, dynamic=True) if compile else rm.base_model
     def reward(e, tokens):
         seen = reads(tokens, end_ids, lead_ids)                          # (N, n)
         x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, n + S, d) after the cached prefix
-        return rm_score(rm, x, torch.cat([seen, suf_valid], 1), pre_valid, prefix_kv)
+        return rm_score(rm, x, torch.cat([seen, suf_valid], 1), pre_valid, prefix_kv, body)
     return reward
 
 @torch.no_grad()
@@ -388,16 +391,8 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    if y0 is None:
-        y = torch.full((N, L), mask_id, dtype=torch.long, device=device)
-        masked = [block] * (L // block)                                  # masked positions per block
-    else:                                                                # y0 read once, before the loop
-        y = y0.clone()
-        per_block = (y == mask_id).view(N, L // block, block).sum(-1).cpu()
-        if (per_block != per_block[0]).any():
-            raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
-        masked = per_block[0].tolist()
-    counts = [c for n in masked for c in schedule(cfg.T * block // L, n, cfg.schedule)]   # per step
+    y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
+    counts = reveal_counts(y0, mask_id, cfg)                             # tokens revealed at each step
     read_end = read_limit(eos_ids, L)
     skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
@@ -429,6 +424,17 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
         if on_step:
             on_step(k, y, likely)
     return y, skipped
+
+def reveal_counts(y0, mask_id, cfg):
+    """The tokens revealed at each of the T steps: `schedule` in each block, blocks left to right.
+    A y0 given is read on the host, once, before the loop."""
+    block = cfg.block_length or cfg.L
+    if y0 is None:
+        return [c for _ in range(cfg.L // block) for c in schedule(cfg.T * block // cfg.L, block, cfg.schedule)]
+    per_block = (y0 == mask_id).view(y0.shape[0], cfg.L // block, block).sum(-1).tolist()
+    if any(row != per_block[0] for row in per_block):
+        raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
+    return [c for n in per_block[0] for c in schedule(cfg.T * block // cfg.L, n, cfg.schedule)]
 
 GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime), apart from the sampler's
 EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
@@ -681,13 +687,16 @@ def check_fits(model, prompts, L):
         raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} positions: shorten the "
                          "prompt or lower --max-new-tokens")
 
-def make_denoiser(model, prompts, K, L, mask_id):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts, the mask never proposed."""
+def make_denoiser(model, prompts, K, L, mask_id, compile=False):
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts, the mask never proposed.
+    compile: torch.compile the model (its input's shape is the same at every step of a batch)."""
     check_fits(model, prompts, L)
     prompt, prompt_valid = (t.repeat_interleave(K, 0) for t in left_pad(prompts, 0, model.device))   # any pad id
+    forward = torch.compile(model) if compile else model                # shape-specialised; a new prompt length
+                                                                         # recompiles once, as dynamic
     def denoiser(y):
         valid = torch.cat([prompt_valid, torch.ones_like(y, dtype=torch.bool)], 1)
-        logits = dllm_logits(model, torch.cat([prompt, y], 1), valid, last=y.shape[1]).float()
+        logits = dllm_logits(forward, torch.cat([prompt, y], 1), valid, last=y.shape[1]).float()
         logits[..., mask_id] = -math.inf
         return logits
     return denoiser
@@ -739,6 +748,10 @@ def parse_args(argv=None):
     add("--benchmark-steps", type=int, default=3, help="repetitions of each timing, >= 1")
     add("--benchmark-layers", type=int, help="N layers in both models, the vocabularies and widths kept")
     add("--benchmark-first-step", action="store_true", help="time the first step (m = L masked), not the average one")
+    add("--compile", action="store_true", help="torch.compile both models' forwards (pays on a GPU; compiling takes "
+        "minutes at the real size)")
+    add("--deterministic", action="store_true", help="CUDA: deterministic kernels only (the same command gives the "
+        "same tokens on the same GPU; attention runs its plain math kernel)")
     return p, p.parse_args(argv)
 
 def configs(args):
@@ -764,13 +777,15 @@ def pick_device(device):
         raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices")
     return str(kind)
 
-def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None):
+def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None, compile=False):
     """K responses for each prompt scored on text by the reward model (and a judge, (model, tokenizer), if given):
-    one result dict per prompt. top1_score: the judge's score of the best_response, the one R ranks first."""
+    one result dict per prompt. top1_score: the judge's score of the best_response, the one R ranks first.
+    compile: torch.compile both models' forwards."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
-    denoiser = make_denoiser(dllm, [dllm_prompt_ids(tok, p) for p in prompts], cfg.K, cfg.L, tok.mask_token_id)
-    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
+    prompt_ids = [dllm_prompt_ids(tok, p) for p in prompts]
+    denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L, tok.mask_token_id, compile)
+    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok), compile)
     y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite")
@@ -904,8 +919,8 @@ def append_line(path, record):
     except OSError as err:
         raise WriteError(f"cannot write --output {path!r}: {err.strerror or err}") from None
 
-def write_page(path, text):
-    """The --trace page, all or nothing: written to a temporary file, then renamed."""
+def write_page(path, text, flag="--trace"):
+    """The --trace page (or the benchmark's JSON), all or nothing: written to a temporary file, then renamed."""
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
@@ -913,7 +928,7 @@ def write_page(path, text):
     except OSError as err:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
-        raise WriteError(f"cannot write --trace {path!r}: {err.strerror or err}") from None
+        raise WriteError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
 
 def check_run(args):
     """A run's checks before any model: (a Config per method, the prompt records, the settings of every result)."""
@@ -933,7 +948,7 @@ def check_run(args):
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
     settings.update(dllm=args.dllm, reward_model=args.reward_model, score_model=args.score_model, dtype=args.dtype,
-                    prompt_field=args.prompt_field)
+                    prompt_field=args.prompt_field, compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
 
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
@@ -946,7 +961,7 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
                 continue
             began = time.perf_counter()
             out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
-                           one, (lambda *step: trace.append(step)) if args.trace else None, judge)
+                           one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
             for i, result in zip(batch, out):
                 results.append({**prompts[i], "index": i, **result, "settings": settings})   # ours win over the file's
                 traces.append(trace)
@@ -1016,15 +1031,29 @@ def run(args):
         torch.distributed.barrier()                      # no rank leaves while another still talks to it
         torch.distributed.destroy_process_group()
 
+def deterministic():
+    """Process-wide: CUDA kernels that give the same result on every run on the same GPU (torch's
+    deterministic algorithms; attention's plain math kernel, whose backward adds in a fixed order)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")      # before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+
 def main(argv=None):
     parser, args = parse_args(argv)
+    if args.deterministic:
+        deterministic()
     try:
         if args.benchmark:
             cfg = configs(args)[0]
             if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
-            benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
-                      args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step)
+            result = benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
+                               args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step,
+                               args.compile)
+            report(result)
+            if args.output:
+                write_page(args.output, json.dumps(result, indent=1) + "\n", "--output")
         else:
             run(args)
     except InputError as err:
@@ -1072,68 +1101,140 @@ def peak_memory(fn, cuda):
     return status("VmHWM:") - before if os.path.exists("/proc/self/clear_refs") else None
 
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
-              layers=None, first_step=False):
-    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) and, alone, its
-    floor: the dLLM forward, M times the reward model's forward and backward and q @ E's. Medians of `steps` runs."""
-    import transformers as tf
+              layers=None, first_step=False, compile=False):
+    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) against two
+    floors: the eager floor (the dLLM forward, M times the reward model's forward and backward and q @ E's,
+    timed alone) and the physical floor (the step's FLOPs at this device's matmul rate, plus its vocabulary-
+    sized tensors' bytes at its copy bandwidth, both measured here). Medians of `steps` runs."""
     dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
-    kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
-    depth = {"num_hidden_layers": layers} if layers else {}
-    torch.manual_seed(0)
-    with torch.device(device):                           # random weights, `layers` layers each where asked
-        dllm = tf.AutoModelForCausalLM.from_config(getattr(tf, kind)(**{**dllm_fields, **depth}), **dtype_kwarg(dtype))
-        rm = tf.AutoModelForSequenceClassification.from_config(tf.Qwen3Config(**{**rm_fields, **depth}),
-                                                               **dtype_kwarg(dtype))
-    dllm, rm = bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
+    say(f"benchmark: building random {preset if isinstance(preset, str) else 'custom'} models on {device}")
+    dllm, rm = random_models(preset, device, dtype, layers)
     V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
     prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
     embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
     y0 = torch.randint(0, V - 2, (K, L), generator=g)                    # mask id V - 1, end id V - 2
     y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
     cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
-    denoiser, reward = make_denoiser(dllm, [prompt], K, L, V - 1), make_reward(rm, [prefix], [suffix], K, [V - 2])
+    denoiser = make_denoiser(dllm, [prompt], K, L, V - 1, compile)
+    reward = make_reward(rm, [prefix], [suffix], K, [V - 2], compile=compile)
     step = lambda: sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg, y0=y0)
+    say("benchmark: the first step" + (" (compiling)" if compile else ""))
+    began = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - began
+    timed = timer(steps, cuda)
     peak = peak_memory(step, cuda)
+    say("benchmark: timing the step, its parts, the device")
+    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
+    x, p = embedding[y0].detach().requires_grad_(True), q.detach().requires_grad_(True)
+    grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(device, embedding.dtype)
+    parts = {}
+    with torch.no_grad():
+        parts["dLLM forward"] = timed(lambda: denoiser(y0))
+    rm_pass = lambda: torch.autograd.grad(reward(x, y0).sum(), x)
+    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
+    parts[f"{M} x reward forward + backward"] = M * timed(rm_pass)
+    parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(soft)
+    total = timed(step)
+    counts = {name: count_ops(fn, V) for name, fn in (("step", step), ("dllm", lambda: denoiser(y0)), ("rm", rm_pass))}
+    rates = hardware(device, dtype, timed)
+    physical = counts["step"]["flops"] / rates["matmul_flop_s"] + counts["step"]["vocab_bytes"] / rates["copy_byte_s"]
+    draw, softmax = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device))), timed(lambda: q.softmax(-1))
+    weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
+    outside = counts["step"]["ops"] - counts["dllm"]["ops"] - M * counts["rm"]["ops"]
+    return {"preset": preset if isinstance(preset, str) else "custom", "layers": layers, "device": device,
+            "dtype": str(dtype)[6:], "K": K, "L": L, "masked": m, "M": M, "P": P, "method": method, "steps": steps,
+            "compile": compile, "first_step_s": first_s, "parts_s": parts, "floor_s": sum(parts.values()),
+            "total_s": total, "ratio": total / sum(parts.values()), "physical_floor_s": physical,
+            "physical_ratio": total / physical, **rates, "step_flops": counts["step"]["flops"],
+            "step_vocab_bytes": counts["step"]["vocab_bytes"], "host_waits_per_step": counts["step"]["waits"],
+            "ops_per_step": counts["step"]["ops"], "ops_outside_models": outside, "top_p_draw_s": draw,
+            "softmax_s": softmax, "peak_beyond_weights_gib": peak, "weights_gib": weights}
+
+def say(text):
+    print(text, file=sys.stderr, flush=True)
+
+def random_models(preset, device, dtype, layers=None):
+    """A preset's dLLM and reward model with random weights (`layers` layers each where asked), frozen."""
+    import transformers as tf
+    kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
+    depth = {"num_hidden_layers": layers} if layers else {}
+    torch.manual_seed(0)
+    with torch.device(device):
+        dllm_config = getattr(tf, kind)(**{**dllm_fields, **depth})
+        dllm = tf.AutoModelForCausalLM.from_config(dllm_config, **dtype_kwarg(dtype))
+        rm_config = tf.Qwen3Config(**{**rm_fields, **depth})
+        rm = tf.AutoModelForSequenceClassification.from_config(rm_config, **dtype_kwarg(dtype))
+    return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
+
+def timer(steps, cuda):
+    """timed(fn): the median seconds of `steps` runs of fn, after one that warms up."""
     def timed(fn):
         times = []
-        for _ in range(steps + 1):                       # the first warms up
+        for _ in range(steps + 1):
             start = time.perf_counter()
             fn()
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         return sorted(times[1:])[steps // 2]
-    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
-    x, p = embedding[y0].detach().requires_grad_(True), q.detach().requires_grad_(True)
-    grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(device, embedding.dtype)
-    with torch.no_grad():
-        parts = {"dLLM forward": timed(lambda: denoiser(y0))}
-    parts[f"{M} x reward forward + backward"] = M * timed(lambda: torch.autograd.grad(reward(x, y0).sum(), x))
-    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
-    parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(soft)
-    floor, total = sum(parts.values()), timed(step)
-    draw, softmax = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device))), timed(lambda: q.softmax(-1))
-    weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
-    result = {"preset": preset if isinstance(preset, str) else "custom", "layers": layers, "device": device, "K": K,
-              "L": L, "masked": m, "M": M, "method": method, "parts_s": parts, "floor_s": floor, "total_s": total,
-              "ratio": total / floor, "top_p_draw_s": draw, "softmax_s": softmax, "peak_beyond_weights_gib": peak,
-              "weights_gib": weights}
-    report(result, dtype, P, steps)
-    return result
+    return timed
 
-def report(r, dtype, P, steps):
+def hardware(device, dtype, timed):
+    """This device's dense matmul rate in `dtype` (FLOP/s) and copy bandwidth (bytes read and written / s)."""
+    n = 8192 if torch.device(device).type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    src = torch.empty(2**28 if torch.device(device).type == "cuda" else 2**25, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return {"matmul_flop_s": 2 * n**3 / timed(lambda: a @ b), "copy_byte_s": 2 * src.numel() / timed(
+        lambda: dst.copy_(src))}
+
+WAITS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")   # operators that make a CUDA host wait
+
+def count_ops(fn, V):
+    """Runs fn once, counting: aten operator calls, FLOPs (torch.utils.flop_counter), host waits, and the bytes
+    read and written by operators other than matrix products on tensors whose last axis is the vocabulary."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+    seen = {"ops": 0, "waits": 0, "vocab_bytes": 0}
+    def vocab_bytes(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors
+                   if isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == V and t.numel() >= 2 * V)
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__.split(".")[0]
+            seen["ops"] += 1
+            seen["waits"] += name in WAITS
+            if "mm" not in name and "attention" not in name:
+                flat = [*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else [out])]
+                seen["vocab_bytes"] += vocab_bytes(flat)
+            return out
+    with FlopCounterMode(display=False) as flops, Count():
+        fn()
+    return {**seen, "flops": flops.get_total_flops()}
+
+def report(r):
     """Prints what `benchmark` measured."""
     print(f"benchmark: {r['preset']} preset" + (f" with {r['layers']} layers" if r["layers"] else "")
-          + f", {r['device']}, {str(dtype)[6:]}, K = {r['K']}, L = {r['L']} ({r['masked']} masked), M = {r['M']}, "
-          f"prompt {P} tokens, {r['method']}, median of {steps}")
-    for name, seconds in [*r["parts_s"].items(), ("floor", r["floor_s"]), ("guided step", r["total_s"]),
-                          ("beyond the floor", r["total_s"] - r["floor_s"])]:
-        print(f"  {name:<38} {seconds * 1e3:10.1f} ms")
+          + f", {r['device']}, {r['dtype']}, K = {r['K']}, L = {r['L']} ({r['masked']} masked), M = {r['M']}, "
+          f"prompt {r['P']} tokens, {r['method']}" + (", compiled" if r["compile"] else "")
+          + f", median of {r['steps']}")
+    rows = [*r["parts_s"].items(), ("eager floor (the parts)", r["floor_s"]), ("guided step", r["total_s"]),
+            ("physical floor", r["physical_floor_s"]), ("first step (warm-up, compiling)", r["first_step_s"])]
+    for name, seconds in rows:
+        print(f"  {name:<40} {seconds * 1e3:10.1f} ms")
+    print(f"  {'guided step / eager floor':<40} {r['ratio']:10.2f}")
+    print(f"  {'guided step / physical floor':<40} {r['physical_ratio']:10.2f}   ({r['step_flops'] / 1e12:.3f} TFLOP "
+          f"at {r['matmul_flop_s'] / 1e12:.2f} TFLOP/s; {r['step_vocab_bytes'] / 2**30:.2f} GiB of vocabulary "
+          f"tensors at {r['copy_byte_s'] / 2**30:.1f} GiB/s)")
+    print(f"  {'host waits in a step':<40} {r['host_waits_per_step']:10d}")
+    print(f"  {'operator calls: step, outside the models':<40} {r['ops_per_step']:10d} {r['ops_outside_models']:6d}")
     draw, softmax, peak = r["top_p_draw_s"], r["softmax_s"], r["peak_beyond_weights_gib"]
-    print(f"  {'guided step / floor':<38} {r['ratio']:10.2f}\n  {'top-p draw / softmax (K m x |V|)':<38} "
-          f"{draw / softmax:10.2f}   ({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
+    print(f"  {'top-p draw / softmax (K m x |V|)':<40} {draw / softmax:10.2f}   "
+          f"({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
     peak = "       n/a" if peak is None else f"{peak:10.2f} GiB"
-    print(f"  {'peak memory beyond the weights':<38} {peak}   (weights {r['weights_gib']:.2f} GiB)")
+    print(f"  {'peak memory beyond the weights':<40} {peak}   (weights {r['weights_gib']:.2f} GiB)")
 
 if __name__ == "__main__":
     main()

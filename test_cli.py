@@ -253,3 +253,19 @@ def test_trace_page_escapes_text_loads_nothing_and_repeats(traced):
     assert "<script>alert" not in page and "<b>" not in page and parsed.loads == []
     assert html.escape(PROMPT) in page
     assert not re.search(r"https?:|//[a-z]|url\(|@import|<link|<iframe|<img", page, re.I)
+
+
+def test_deterministic_and_compile_run_record_themselves_and_repeat(dream_dir, rm_dir, tmp_path):
+    """--deterministic (torch's deterministic algorithms) runs on a CPU and gives the default run's tokens;
+    --compile runs end to end; both are settings a resume checks."""
+    texts = {}
+    for name, flags in (("plain", []), ("deterministic", ["--deterministic"]), ("compiled", ["--compile"])):
+        out = tmp_path / f"{name}.jsonl"
+        p = cli("--prompt", "Hello", *SMALL, *flags, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+        assert p.returncode == 0, p.stderr
+        [result], _ = lines(out)
+        texts[name] = [r["text"] for r in result["responses"]]
+        assert result["settings"]["deterministic"] == (name == "deterministic")
+        assert result["settings"]["compile"] == (name == "compiled")
+    assert texts["deterministic"] == texts["plain"]
+    assert len(texts["compiled"]) == 2

@@ -2,6 +2,7 @@
 the denoiser, the relaxation, the nucleus sampler, the reward bridge, the guided step, the sampler,
 the benchmark. The command line is in test_cli.py."""
 
+import json
 import math
 import os
 
@@ -535,11 +536,11 @@ def test_presets_are_the_papers_models():
     assert sizes == {"real": [7.62, 1.72], "llada": [8.02, 1.72]}   # Dream-7B, LLaDA-8B, Qwen3-1.7B + 1 label
 
 
-def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
+def test_benchmark_measures_the_step_and_its_floors(capsys, monkeypatch, tmp_path):
     models = []
     make_denoiser, make_reward = entrgi.make_denoiser, entrgi.make_reward
-    monkeypatch.setattr(entrgi, "make_denoiser", lambda model, *a: models.append(model) or make_denoiser(model, *a))
-    monkeypatch.setattr(entrgi, "make_reward", lambda model, *a: models.append(model) or make_reward(model, *a))
+    monkeypatch.setattr(entrgi, "make_denoiser", lambda model, *a, **k: models.append(model) or make_denoiser(model, *a))
+    monkeypatch.setattr(entrgi, "make_reward", lambda model, *a, **k: models.append(model) or make_reward(model, *a))
     result = entrgi.benchmark("tiny", "cpu", "float32", K=2, L=16, M=2, P=8, steps=1, layers=1, first_step=True)
     assert len(models) == 2 and not any(p.requires_grad for model in models for p in model.parameters())   # frozen
     assert all(not model.training and model.config.num_hidden_layers == 1 for model in models)
@@ -548,12 +549,28 @@ def test_benchmark_measures_the_step_and_its_floor(capsys, monkeypatch):
     assert result["ratio"] == pytest.approx(result["total_s"] / result["floor_s"])
     assert result["top_p_draw_s"] > 0 and result["softmax_s"] > 0 and result["weights_gib"] > 0
     assert result["peak_beyond_weights_gib"] is None or result["peak_beyond_weights_gib"] >= 0
+    # the physical floor: FLOPs at the measured matmul rate plus vocabulary bytes at the copy bandwidth
+    physical = result["step_flops"] / result["matmul_flop_s"] + result["step_vocab_bytes"] / result["copy_byte_s"]
+    assert result["physical_floor_s"] == pytest.approx(physical) and result["physical_ratio"] > 0
+    dllm = models[0]
+    weights = sum(p.numel() for name, p in dllm.named_parameters() if "embed" not in name)
+    assert result["step_flops"] >= 2 * weights * 2 * (8 + 16)              # at least the dLLM's forward
+    assert result["step_vocab_bytes"] >= 2 * 16 * dllm.config.vocab_size * 4  # the logits, at least written
+    assert result["host_waits_per_step"] == 0 and result["ops_outside_models"] > 0
+    entrgi.report(result)
     printed = capsys.readouterr().out
-    assert "guided step / floor" in printed and "2 x reward forward + backward" in printed and "(16 masked)" in printed
+    for text in ("guided step / eager floor", "guided step / physical floor", "2 x reward forward + backward",
+                 "(16 masked)", "host waits in a step"):
+        assert text in printed
     kind, dllm_fields, rm_fields = entrgi.PRESETS["tiny"]                       # a preset of one's own
     custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1,
                               P=4, steps=1)
-    assert custom["preset"] == "custom" and custom["ratio"] > 0 and "custom preset" in capsys.readouterr().out
+    assert custom["preset"] == "custom" and custom["ratio"] > 0
+    out = tmp_path / "bench.json"
+    entrgi.main(["--benchmark", "tiny", "--device", "cpu", "--samples", "2", "--max-new-tokens", "8", "--steps",
+                 "8", "--benchmark-steps", "1", "--benchmark-layers", "1", "--output", str(out)])
+    written = json.loads(out.read_text())
+    assert written["preset"] == "tiny" and written["L"] == 8 and written["host_waits_per_step"] == 0
 
 
 # -----------------------------------------------------------------------------
