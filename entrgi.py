@@ -9,6 +9,7 @@ Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algo
 """
 
 import argparse
+import contextlib
 import errno
 import html
 import inspect
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import time
 import warnings
@@ -517,6 +519,10 @@ def resolve(name_or_path):
     """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), once no
     file of it is damaged (JSON that is not JSON, a .safetensors file cut short): a damaged file is named."""
     path, parsed = name_or_path, {}
+    hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)        # owner/name; not ./x, ../x, /x
+    if not os.path.isdir(path) and not hub_name:
+        raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name (owner/name): "
+                         "check the path")
     if not os.path.isdir(path):
         try:
             from huggingface_hub import snapshot_download
@@ -873,16 +879,61 @@ def read_prompts(path, field="prompt"):
             record = json.loads(line) if path.endswith(".jsonl") else {field: line}
         except json.JSONDecodeError:
             raise InputError(f"{path} line {n} is not JSON: a .jsonl prompts file holds a JSON object a line") from None
-        if not (isinstance(record, dict) and isinstance(record.get(field), str) and record[field].strip()):
+        if not isinstance(record, dict) or field not in record:
             raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
+        if not isinstance(record[field], str):
+            raise InputError(f'{path} line {n}: its "{field}" field is {type(record[field]).__name__}, not text: '
+                             "a prompt is one string (--prompt-field names another field)")
+        check_text(record[field], f"{path} line {n}")
+        ours = sorted(set(record) & OUR_FIELDS - {field})
+        if ours:
+            raise InputError(f'{path} line {n} has a field "{ours[0]}", a name entrgi.py writes in each result: '
+                             "rename it in the prompts file")
         records.append(record)
     if not records:
         raise InputError(f"--prompts-file {path!r} holds no prompt")
     return records
 
+OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward", "top1_score",
+              "avg_score", "settings", "summary"}   # what a result line holds besides the prompt file's own fields
+
+def check_text(text, where):
+    """Text a tokenizer can take: not empty, and valid Unicode (no lone surrogate from undecodable bytes)."""
+    if not text.strip():
+        raise InputError(f"{where}: the prompt is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start:err.end]
+        raise InputError(f"{where}: the prompt is not valid UTF-8 text ({ascii(bad)} at character {err.start}): "
+                         "save it as UTF-8") from None
+
+def hold(path):
+    """An exclusive lock on --output for this run (POSIX): the same command started twice at once is refused."""
+    try:
+        import fcntl
+    except ImportError:                                  # no POSIX locks here: nothing to hold
+        return contextlib.nullcontext()
+    if not regular_file(path):
+        return contextlib.nullcontext()
+    f = open(path, "ab")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"--output {path!r} is being written by another run (the same command started twice?): "
+                         "wait for it, or pass another --output") from None
+    return f
+
+def regular_file(path):
+    """A file that can be read back and truncated (or none yet): not a pipe, a terminal or /dev/stdout."""
+    return not os.path.exists(path) or stat.S_ISREG(os.stat(path).st_mode)
+
 def read_output(path, prompts, field, settings):
     """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte length of
     its whole lines (a line without its newline was never finished). Refuses a file this command did not write."""
+    if not regular_file(path):                           # a pipe, /dev/stdout: written to, never read back
+        return set(), 0
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -899,6 +950,10 @@ def read_output(path, prompts, field, settings):
         i = r.get("index") if isinstance(r, dict) else None
         if isinstance(r, dict) and "summary" in r:
             continue
+        if isinstance(r, dict) and isinstance(r.get("settings"), dict) and r["settings"] != settings:
+            key = next(k for k in sorted(set(settings) | set(r["settings"])) if r["settings"].get(k) != settings.get(k))
+            raise InputError(f"--output {path!r} line {n} was written with {key} = {r['settings'].get(key)!r}, this "
+                             f"command has {key} = {settings.get(key)!r}: refusing to mix them; pass another --output")
         if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
                 and r.get("method") in METHODS and r.get("settings") == settings):
             raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or "
@@ -945,10 +1000,16 @@ def check_run(args):
             raise InputError(f"cannot write {flag} {path!r}: it is a folder")
         if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
             raise InputError(f"cannot write {flag} {path!r}: its folder does not exist or is read-only")
+        if path and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
+    if one:
+        check_text(args.prompt, "--prompt")
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
-    settings.update(dllm=args.dllm, reward_model=args.reward_model, score_model=args.score_model, dtype=args.dtype,
-                    prompt_field=args.prompt_field, compile=args.compile, deterministic=args.deterministic)
+    where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name   # one spelling a folder
+    settings.update(dllm=where(args.dllm), reward_model=where(args.reward_model), score_model=where(args.score_model),
+                    dtype=args.dtype, prompt_field=args.prompt_field, batch_size=args.batch_size,
+                    compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
 
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
@@ -963,11 +1024,15 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
             out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
                            one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
             for i, result in zip(batch, out):
-                results.append({**prompts[i], "index": i, **result, "settings": settings})   # ours win over the file's
+                scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
+                if not all(map(math.isfinite, scores)):
+                    raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a number): "
+                                     "the reward model's weights or --dtype (float16 overflows) are at fault")
+                results.append({**prompts[i], "index": i, **result, "settings": settings})
                 traces.append(trace)
                 for j, r in enumerate(result["responses"] if one else []):
                     judged = f", judge's score {r['score']:.4f}" if judge else ""
-                    print(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+                    show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
                 if args.output:
                     append_line(args.output, results[-1])
                 seconds = (time.perf_counter() - began) / len(batch)
@@ -976,27 +1041,43 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
     return results, traces
 
 def summarize(args, results, prompts, settings, new, seconds):
-    """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, printed and appended."""
-    if args.output:
+    """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, appended, then printed."""
+    if args.output and regular_file(args.output):
         with open(args.output, encoding="utf-8") as f:
             results = [r for r in map(json.loads, f) if "summary" not in r]
     keys = ["top1_reward", "avg_reward"] + (["top1_score", "avg_score"] if args.score_model else [])
     rows = {m: [r for r in results if r["method"] == m] for m in METHODS}
     table = {m: {"prompts": len(r), **{k: sum(x[k] for x in r) / len(r) for k in keys}} for m, r in rows.items() if r}
-    print(f"{len(results)} results for {len(prompts)} prompts, {new} new")
-    heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
-    print(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
-    for m, row in table.items():
-        print(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
-    if args.output:
+    if args.output:                                      # before printing: a reader gone from stdout loses nothing
         append_line(args.output, {"summary": {
             "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
             "seconds_per_result": seconds / new if new else None, "table": table}})
+    show(f"{plural(len(results), 'result')} for {plural(len(prompts), 'prompt')}, {new} new")
+    heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
+    show(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
+    for m, row in table.items():
+        show(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
+
+def plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+def show(text):
+    """print to standard output; a reader that has gone (| head -1) ends the printing, not the run."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 def run(args):
     """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended
     as a JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary."""
     cfgs, prompts, settings = check_run(args)
+    alone = int(os.environ.get("WORLD_SIZE", 1)) == 1
+    with hold(args.output) if args.output and alone else contextlib.nullcontext():
+        run_checked(args, cfgs, prompts, settings)
+
+def run_checked(args, cfgs, prompts, settings):
+    """`run` after the checks, with --output held."""
     done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
         raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
@@ -1006,7 +1087,8 @@ def run(args):
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         rank = torch.distributed.get_rank()
-    if rank == 0 and args.output and os.path.exists(args.output) and os.path.getsize(args.output) > whole:
+    if rank == 0 and args.output and regular_file(args.output) and os.path.exists(args.output) \
+            and os.path.getsize(args.output) > whole:
         os.truncate(args.output, whole)                  # drop an unfinished last line before appending
     if world > 1:
         torch.distributed.barrier()
@@ -1062,6 +1144,13 @@ def main(argv=None):
         parser.exit(74, f"entrgi.py: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, "\nentrgi.py: interrupted\n")
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        parser.exit(2, f"entrgi.py: error: out of memory ({' '.join(str(err).split())[:160]}): lower --batch-size, "
+                       "--samples or --max-new-tokens, or use a device with more memory\n")
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err):      # the CPU allocator's out of memory
+            raise
+        parser.exit(2, "entrgi.py: error: out of memory: lower --batch-size, --samples or --max-new-tokens\n")
 
 # 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
 

@@ -118,7 +118,8 @@ BAD = [   # (arguments, what the one line says); all checked before any model is
     (["--device", "meta"], "device 'meta' is not supported"),
     (["--output", "/nonexistent/dir/out.json"], "its folder does not exist"),
     (["--trace", "/nonexistent/dir/t.html"], "its folder does not exist"),
-    (["--dllm", "/nonexistent/dream"], "cannot use model '/nonexistent/dream'"),
+    (["--dllm", "/nonexistent/dream"], "model '/nonexistent/dream': no such directory here"),
+    (["--dllm", "./dreem"], "model './dreem': no such directory here, and not a hub name"),
     (["--reward-model", "no-such-org/no-such-model"], "may be offline"),
     (["--max-new-tokens", "300", "--steps", "300"], "exceeds the dLLM's 256 positions"),
 ]

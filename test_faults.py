@@ -5,11 +5,15 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 import entrgi
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 SMALL = ["--samples", "2", "--steps", "4", "--max-new-tokens", "6", "--device", "cpu"]
 
 
@@ -161,3 +165,118 @@ def test_a_full_disk_leaves_no_trace_page(tmp_path, dream_dir, rm_dir, capsys, m
         main("--prompt", "Hello", "--trace", str(page), dream_dir=dream_dir, rm_dir=rm_dir)
     assert f"cannot write --trace {str(page)!r}: " in one_error_line(capsys, exit_info, status=74)
     assert os.listdir(tmp_path) == []
+
+
+# -----------------------------------------------------------------------------
+# a third round: text, fields, pipes, two runs at once, unwritable outputs, resumes, NaN, out of memory
+
+
+def refused_before_any_model(monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+    monkeypatch.setattr(entrgi, "load_dllm", no_model)
+
+
+def test_prompt_bytes_that_are_not_utf8_exit_2(dream_dir, rm_dir, tmp_path):
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
+           "--prompt", os.fsdecode(b"caf\xe9 au lait")]                # Latin-1 bytes, as a shell passes them
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--prompt: the prompt is not valid UTF-8 text" in p.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "\\ud83d tail"}', "the prompt is not valid UTF-8 text ('\\ud83d' at character 0)"),
+    ('{"prompt": [{"role": "user", "content": "Hi"}]}', '"prompt" field is list, not text'),
+    ('{"prompt": 42}', '"prompt" field is int, not text'),
+    ('{"prompt": "Hi", "method": "mine"}', 'has a field "method", a name entrgi.py writes'),
+    ('{"prompt": "Hi", "settings": {}}', 'has a field "settings", a name entrgi.py writes'),
+])
+def test_jsonl_prompts_that_are_not_text_or_clash_with_our_fields_exit_2(line, message, dream_dir, rm_dir, tmp_path,
+                                                                         capsys, monkeypatch):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n' + line + "\n", encoding="utf-8")
+    refused_before_any_model(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompts-file", str(prompts), "--output", str(tmp_path / "o.jsonl"), dream_dir=dream_dir, rm_dir=rm_dir)
+    last = one_error_line(capsys, exit_info)
+    assert "line 2" in last and message in last
+
+
+def test_output_to_standard_output_does_not_hang(dream_dir, rm_dir):
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
+           "--prompt", "Hello", "--output", "/dev/stdout"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    records = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert [list(r)[-1] if "summary" in r else r["method"] for r in records] == ["entrgi", "summary"]
+
+
+def test_a_reader_that_goes_away_loses_nothing(dream_dir, rm_dir, tmp_path):
+    """`entrgi.py ... | head -1`: no traceback, status 0, and --output holds every result and the summary."""
+    out = tmp_path / "o.jsonl"
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
+           "--prompt", "Hello", "--method", "all", "--output", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()                                                        # as head -1 does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 5 and "summary" in records[-1]
+
+
+def test_the_same_command_twice_at_once_is_refused(dream_dir, rm_dir, tmp_path, capsys, monkeypatch):
+    import fcntl
+    out = tmp_path / "o.jsonl"
+    with open(out, "ab") as other:                                          # a first run holds --output
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused_before_any_model(monkeypatch)
+        with pytest.raises(SystemExit) as exit_info:
+            main("--prompt", "Hello", "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert "is being written by another run" in one_error_line(capsys, exit_info)
+
+
+def test_a_read_only_output_is_found_before_any_model(dream_dir, rm_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o.jsonl"
+    out.write_text("")
+    out.chmod(0o444)
+    if os.access(out, os.W_OK):
+        pytest.skip("root writes read-only files: this machine cannot show the fault")
+    refused_before_any_model(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert "the file is read-only" in one_error_line(capsys, exit_info)
+
+
+def test_a_resume_names_the_setting_that_differs_and_one_folder_is_one_setting(dream_dir, rm_dir, tmp_path, capsys):
+    out = str(tmp_path / "o.jsonl")
+    main("--prompt", "Hello", "--output", out, dream_dir=dream_dir, rm_dir=rm_dir)
+    main("--prompt", "Hello", "--output", out, dream_dir=dream_dir + "/", rm_dir=rm_dir)          # DIR/ is DIR
+    assert "0 new" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", out, "--samples", "3", dream_dir=dream_dir, rm_dir=rm_dir)
+    assert "was written with K = 2, this command has K = 3" in one_error_line(capsys, exit_info)
+
+
+def test_a_reward_that_is_not_a_number_ends_the_run_without_writing_nan(dream_dir, rm_dir, tmp_path, capsys):
+    nan_rm = tmp_path / "nan_rm"
+    shutil.copytree(rm_dir, nan_rm)
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(nan_rm / "model.safetensors"))
+    weights["score.weight"] = torch.full_like(weights["score.weight"], float("nan"))
+    save_file(weights, str(nan_rm / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", str(out), dream_dir=dream_dir, rm_dir=str(nan_rm))
+    assert "not a number" in one_error_line(capsys, exit_info)
+    assert not out.exists() or "NaN" not in out.read_text()
+
+
+def test_out_of_memory_says_what_to_lower(dream_dir, rm_dir, tmp_path, capsys, monkeypatch):
+    def too_big(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+    monkeypatch.setattr(entrgi, "sample", too_big)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--samples", "10000", dream_dir=dream_dir, rm_dir=rm_dir)
+    assert "out of memory" in (last := one_error_line(capsys, exit_info)) and "lower --batch-size" in last

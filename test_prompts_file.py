@@ -42,7 +42,9 @@ def test_batch_size_does_not_change_results(prompts_file, tmp_path, dream_dir, r
     run_main("--prompts-file", prompts_file, "--output", three, "--batch-size", "3", dream_dir=dream_dir, rm_dir=rm_dir)
     lines1, [summary1] = prompt_lines(one)
     lines3, [summary3] = prompt_lines(three)
-    assert lines1 == lines3 and len(lines1) == len(PROMPTS)
+    unbatched = lambda lines: [{**r, "settings": {**r["settings"], "batch_size": None}} for r in map(json.loads, lines)]
+    assert unbatched(lines1) == unbatched(lines3) and len(lines1) == len(PROMPTS)
+    assert json.loads(lines3[0])["settings"]["batch_size"] == 3                # a resume checks it
     records = sorted(map(json.loads, lines1), key=lambda r: r["index"])
     assert [r["prompt"] for r in records] == PROMPTS
     assert [r["seed"] for r in records] == list(range(len(PROMPTS)))          # seed + position in the file
