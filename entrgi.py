@@ -314,27 +314,36 @@ def rm_score(rm, x, valid, past_valid=None, past_kv=None, body=None):
     return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()       # (N,)
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=(), compile=False):
-    """reward(e (N, n, d), tokens (N, n)) -> R (N,), N = len(prefixes) * K, prompt-major: R reads the prompt's chat
-    prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. n <= L: the caller may pass the first n
-    positions when no row reads past them (R is the same; `sample` does, with what revealed tokens bound).
-    The prefix's keys and values are computed once. compile: torch.compile the reward model's body, its
-    sequence length dynamic (n changes from step to step)."""
+    """reward(e (N, n, d), tokens (N, n), widths=None) -> R (N,), N = len(prefixes) * K, prompt-major: R reads
+    the prompt's chat prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. n <= L: the caller may
+    pass the first n positions when no row reads past them (R is the same); widths (host ints, one per prompt):
+    the same, per prompt (`sample` passes what revealed tokens bound). Each prompt's K rows run on their own,
+    unpadded, so a prompt's R does not depend on the prompts beside it. Prefixes' keys and values are
+    computed once. compile: torch.compile the reward model's body, its length dynamic."""
     E = rm.get_input_embeddings().weight
     end_ids, lead_ids = (torch.as_tensor(i, dtype=torch.long, device=E.device) for i in (end_ids, lead_ids))
-    (pre, pre_valid), (suf, suf_valid) = (left_pad(rows, 0, E.device) for rows in (prefixes, suffixes))
-    with torch.no_grad():
-        cache = new_cache(rm.config)
-        rm.base_model(inputs_embeds=E[pre], attention_mask=attention_bias(pre_valid, causal=True, dtype=E.dtype),
-                      position_ids=(pre_valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
-                      **{cache_keyword(rm.base_model): cache})
-        prefix_kv = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v, *_ in cache]
-    pre_valid, suf, suf_valid = (t.repeat_interleave(K, 0) for t in (pre_valid, suf, suf_valid))
-    e_suf = E[suf]                                                       # (N, S, d), its last token real
     body = torch.compile(rm.base_model, dynamic=True) if compile else rm.base_model
-    def reward(e, tokens):
-        seen = reads(tokens, end_ids, lead_ids)                          # (N, n)
-        x = torch.cat([e.to(E.dtype), e_suf], 1)                         # (N, n + S, d) after the cached prefix
-        return rm_score(rm, x, torch.cat([seen, suf_valid], 1), pre_valid, prefix_kv, body)
+    prompts = []
+    for prefix, suffix in zip(prefixes, suffixes):
+        pre = torch.tensor([prefix], device=E.device)                    # (1, P)
+        every = torch.ones_like(pre, dtype=torch.bool)
+        with torch.no_grad():
+            cache = new_cache(rm.config)
+            rm.base_model(inputs_embeds=E[pre], attention_mask=attention_bias(every, causal=True, dtype=E.dtype),
+                          position_ids=every.cumsum(1) - 1, use_cache=True, **{cache_keyword(rm.base_model): cache})
+        past = [(k.expand(K, -1, -1, -1), v.expand(K, -1, -1, -1)) for k, v, *_ in cache]
+        e_suf = E[torch.tensor(suffix, device=E.device)].expand(K, -1, -1)   # (K, S, d)
+        prompts.append((past, torch.ones(K, len(prefix), dtype=torch.bool, device=E.device), e_suf))
+    def reward(e, tokens, widths=None):
+        R = []
+        for i, (past, past_valid, e_suf) in enumerate(prompts):
+            n = e.shape[1] if widths is None else widths[i]
+            rows = slice(i * K, (i + 1) * K)
+            seen = reads(tokens[rows, :n], end_ids, lead_ids)            # (K, n)
+            x = torch.cat([e[rows, :n].to(E.dtype), e_suf], 1)           # (K, n + S, d) after the cached prefix
+            valid = torch.cat([seen, torch.ones(e_suf.shape[:2], dtype=torch.bool, device=E.device)], 1)
+            R.append(rm_score(rm, x, valid, past_valid, past, body))
+        return torch.cat(R)
     return reward
 
 @torch.no_grad()
@@ -353,20 +362,21 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
     """M Adam steps on psi, the logits (N, m, V) fp32 at the masked positions idx (N, m) of y (N, L), up the
     reward. Returns psi and the count (a tensor: no host sync) of updates whose reward or gradient was not
     finite, given a zero gradient. width: the reward reads the first `width` positions only (no row reads
-    further). overwrite=True builds psi in logits' own memory (one (N, m, V) tensor fewer; logits then hold psi).
+    further); a list: one width per prompt, passed to reward(e, tokens, widths). overwrite=True builds psi in logits' own memory (one (N, m, V) tensor fewer; logits then hold psi).
     Alive: psi, Adam's moments, q, one working tensor."""
     psi = logits.detach() if overwrite else logits.detach().clone()      # line 2: psi <- the logits (dLLM frozen)
     psi = psi.contiguous().requires_grad_(True)
     m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam's moments
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-    n = y.shape[1] if width is None else width
+    n = y.shape[1] if width is None else max(width) if isinstance(width, list) else width
+    per_prompt = {"widths": width} if isinstance(width, list) else {}
     e_known = embedding[y.scatter(1, idx, 0)]                            # (N, L, d) E^R[token] where revealed
     at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])         # (N, m, d)
     for step in range(1, cfg.M + 1):                                     # line 3
         e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
                      entropy_from=cfg.entropy_from)
         tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # masked positions read as argmax psi
-        R = reward(e_known.scatter(1, at_idx, e)[:, :n], tokens[:, :n])  # (N,)
+        R = reward(e_known.scatter(1, at_idx, e)[:, :n], tokens[:, :n], **per_prompt)   # (N,)
         g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
         with torch.no_grad():
             ok = (R + g.sum((1, 2))).isfinite()
@@ -395,7 +405,8 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
     counts = reveal_counts(y0, mask_id, cfg)                             # tokens revealed at each step
-    read_end = read_limit(eos_ids, L)
+    read_end = read_limit(eos_ids, L, cfg.K, len(seeds))
+    per_prompt = reward is not None and "widths" in inspect.signature(reward).parameters
     skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
@@ -411,7 +422,9 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
         if cfg.guided and k % cfg.guide_every == 0:                          # lines 2-3
             del q                                        # (guidance holds its own (N, m, V) tensors)
-            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide, width=read_end(), overwrite=True)
+            widths = read_end()                                             # per prompt, on the host
+            width = widths if per_prompt else max(widths)
+            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide, width=width, overwrite=True)
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
         x0 = top_p_sample(q, cfg.top_p, gen_x)                               # line 4: (N, m)
@@ -441,19 +454,20 @@ def reveal_counts(y0, mask_id, cfg):
 GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime), apart from the sampler's
 EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
 
-def read_limit(eos_ids, L):
-    """limit() -> n: no row reads position n or later: n is the latest first revealed end token over the rows
-    (revealed tokens never change, so a bound from an earlier step holds). limit.update(y) starts copying y's
-    bound to the host without waiting; limit() returns the newest bound that has arrived (L before any)."""
-    state = {"n": L, "pending": None}
+def read_limit(eos_ids, L, K, prompts):
+    """limit() -> [n, ...], one per prompt (K rows each): no row of the prompt reads position n or later: n is
+    the latest first revealed end token of its rows (revealed tokens never change, so a bound from an earlier
+    step holds). limit.update(y) starts copying y's bounds to the host without waiting; limit() returns the
+    newest that have arrived (L for each prompt before any)."""
+    state = {"n": [L] * prompts, "pending": None}
     def limit():
         pending = state["pending"]
         if pending is not None and (pending[1] is None or pending[1].query()):
-            state["n"] = int(pending[0].numpy().max())                  # a host tensor: no device read
+            state["n"] = [int(n) for n in pending[0].numpy()]             # a host tensor: no device read
             state["pending"] = None
-        return min(state["n"], L)
+        return state["n"]
     def update(y):
-        ends = reads(y, eos_ids).sum(1)                                  # (N,) the first end token's position
+        ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)              # (prompts,) the latest first end
         if y.is_cpu:
             state["pending"] = (ends, None)
             return
@@ -694,15 +708,18 @@ def check_fits(model, prompts, L):
                          "prompt or lower --max-new-tokens")
 
 def make_denoiser(model, prompts, K, L, mask_id, compile=False):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the K-fold left-padded prompts, the mask never proposed.
-    compile: torch.compile the model (its input's shape is the same at every step of a batch)."""
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the prompts (K rows each), the mask never proposed.
+    Each prompt's K rows run on their own, unpadded: a prompt's logits do not depend on the prompts beside it.
+    compile: torch.compile the model (one shape per prompt length)."""
     check_fits(model, prompts, L)
-    prompt, prompt_valid = (t.repeat_interleave(K, 0) for t in left_pad(prompts, 0, model.device))   # any pad id
-    forward = torch.compile(model) if compile else model                # shape-specialised; a new prompt length
-                                                                         # recompiles once, as dynamic
+    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]   # (K, P) each
+    forward = torch.compile(model) if compile else model
     def denoiser(y):
-        valid = torch.cat([prompt_valid, torch.ones_like(y, dtype=torch.bool)], 1)
-        logits = dllm_logits(forward, torch.cat([prompt, y], 1), valid, last=y.shape[1]).float()
+        logits = []
+        for prompt, y_i in zip(prompts, y.split(K)):
+            ids = torch.cat([prompt, y_i], 1)
+            logits.append(dllm_logits(forward, ids, torch.ones_like(ids, dtype=torch.bool), last=y.shape[1]))
+        logits = torch.cat(logits).float()
         logits[..., mask_id] = -math.inf
         return logits
     return denoiser

@@ -285,16 +285,20 @@ def test_reward_cut_after_the_longest_read_prefix_is_unchanged(rm):
 
 
 def test_read_limit_is_the_latest_first_revealed_end():
-    """The reward's width bound in `sample`: L until an update, then the latest first revealed end token over
-    the rows (a masked position, 9 here, is no end); it only falls as tokens are revealed."""
-    limit = entrgi.read_limit(torch.tensor([1, 2]), 6)
-    assert limit() == 6
-    limit.update(torch.tensor([[5, 9, 1, 9, 9, 9], [9, 9, 9, 9, 2, 9]]))
-    assert limit() == 4
-    limit.update(torch.tensor([[5, 9, 1, 9, 9, 9], [1, 9, 9, 9, 2, 9]]))
-    assert limit() == 2
-    limit.update(torch.tensor([[5, 9, 9, 9, 9, 9], [1, 9, 9, 9, 2, 9]]))
-    assert limit() == 6
+    """The reward's width bounds in `sample`, one per prompt: L until an update, then the latest first revealed
+    end token over the prompt's rows (a masked position, 9 here, is no end); they only fall as tokens are
+    revealed (the last update here takes a revealed end away, which `sample` never does)."""
+    limit = entrgi.read_limit(torch.tensor([1, 2]), 6, K=2, prompts=2)
+    assert limit() == [6, 6]
+    rows = [[5, 9, 1, 9, 9, 9], [9, 9, 9, 9, 2, 9], [1, 9, 9, 9, 9, 9], [9, 2, 9, 9, 9, 9]]
+    limit.update(torch.tensor(rows))
+    assert limit() == [4, 1]                                         # per prompt: the latest of its two rows
+    rows[1][0] = 1
+    limit.update(torch.tensor(rows))
+    assert limit() == [2, 1]
+    rows[0][2] = 9
+    limit.update(torch.tensor(rows))
+    assert limit() == [6, 1]
 
 
 def test_sampler_passes_the_reward_the_read_limit():

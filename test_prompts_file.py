@@ -36,23 +36,53 @@ def run_main(*args, dream_dir, rm_dir):
     entrgi.main(["--dllm", dream_dir, "--reward-model", rm_dir, *SMALL, *args])
 
 
-def test_batch_size_does_not_change_results(prompts_file, tmp_path, dream_dir, rm_dir):
-    one, three = str(tmp_path / "b1.jsonl"), str(tmp_path / "b3.jsonl")
-    run_main("--prompts-file", prompts_file, "--output", one, "--batch-size", "1", dream_dir=dream_dir, rm_dir=rm_dir)
-    run_main("--prompts-file", prompts_file, "--output", three, "--batch-size", "3", dream_dir=dream_dir, rm_dir=rm_dir)
-    lines1, [summary1] = prompt_lines(one)
-    lines3, [summary3] = prompt_lines(three)
-    unbatched = lambda lines: [{**r, "settings": {**r["settings"], "batch_size": None}} for r in map(json.loads, lines)]
-    assert unbatched(lines1) == unbatched(lines3) and len(lines1) == len(PROMPTS)
-    assert json.loads(lines3[0])["settings"]["batch_size"] == 3                # a resume checks it
-    records = sorted(map(json.loads, lines1), key=lambda r: r["index"])
-    assert [r["prompt"] for r in records] == PROMPTS
-    assert [r["seed"] for r in records] == list(range(len(PROMPTS)))          # seed + position in the file
-    assert all(len(r["responses"]) == 2 for r in records)
-    assert all(r["top1_reward"] == max(x["reward"] for x in r["responses"]) for r in records)
-    assert summary1["table"] == summary3["table"] and summary1["results"] == len(PROMPTS)
-    mean_top1 = sum(r["top1_reward"] for r in records) / len(records)
-    assert summary1["table"]["entrgi"]["top1_reward"] == pytest.approx(mean_top1)
+LONG = ["--steps", "32", "--max-new-tokens", "32", "--samples", "2", "--device", "cpu", "--method", "all"]
+EIGHT = PROMPTS + ["A much longer prompt than the others, about the quick brown fox and the lazy dog", "Hi"]
+
+
+def results(path):
+    """The output's result records by (index, method), the settings' batch size left out."""
+    records = [json.loads(line) for line in open(path) if not line.startswith('{"summary"')]
+    for r in records:
+        r["settings"].pop("batch_size")
+    return {(r["index"], r["method"]): r for r in records}
+
+
+@pytest.fixture(scope="module")
+def batched(dream_dir, rm_dir, tmp_path_factory):
+    """8 prompts of different lengths, T = L = 32, every method, at batch sizes 1, 2, 3 and 8."""
+    root = tmp_path_factory.mktemp("batched")
+    (root / "p.txt").write_text("\n".join(EIGHT) + "\n")
+    runs = {}
+    for size in (1, 2, 3, 8):
+        entrgi.main(["--dllm", dream_dir, "--reward-model", rm_dir, *LONG, "--prompts-file", str(root / "p.txt"),
+                     "--batch-size", str(size), "--output", str(root / f"b{size}.jsonl")])
+        runs[size] = results(root / f"b{size}.jsonl")
+    return root, runs
+
+
+def test_a_prompt_s_result_does_not_depend_on_its_batch(batched):
+    """Bitwise: every response, reward and number of each prompt and method is the same at batch sizes 1, 2, 3
+    and 8 (the last holds all eight prompts together)."""
+    _, runs = batched
+    assert len(runs[1]) == 8 * len(entrgi.METHODS)
+    for size in (2, 3, 8):
+        assert runs[size] == runs[1], size
+    texts = {r["responses"][0]["text"] for r in runs[1].values()}
+    assert len(texts) > 8                                                   # the runs are not trivially alike
+
+
+def test_torchrun_two_processes_equal_one(batched, dream_dir, rm_dir):
+    root, runs = batched
+    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", str(root / "p.txt"), *LONG,
+            "--batch-size", "3", "--output", str(root / "torchrun.jsonl")]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert results(root / "torchrun.jsonl") == runs[1]
+    summaries = [json.loads(line)["summary"] for line in open(root / "torchrun.jsonl") if "summary" in line[:12]]
+    assert len(summaries) == 1 and summaries[0]["new_results"] == 8 * len(entrgi.METHODS)
 
 
 def test_jsonl_fields_are_carried(tmp_path, dream_dir, rm_dir):
@@ -102,22 +132,6 @@ def test_unfinished_last_line_is_dropped_on_resume(prompts_file, tmp_path, dream
     out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])              # as if cut inside line 4
     run_main("--prompts-file", prompts_file, "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
     assert prompt_lines(str(out))[0] == sorted(lines)
-
-
-def test_torchrun_two_processes_equal_one(prompts_file, tmp_path, dream_dir, rm_dir):
-    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--batch-size", "2"]
-    one, two = str(tmp_path / "one.jsonl"), str(tmp_path / "two.jsonl")
-    env = {"OMP_NUM_THREADS": "1"}                                           # as torchrun sets for each process
-    p = cli(*args, "--output", one, env=env)
-    assert p.wait() == 0, p.stderr.read()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          os.path.join(HERE, "entrgi.py"), *args, "--output", two], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines_one, _ = prompt_lines(one)
-    lines_two, summaries = prompt_lines(two)
-    assert lines_two == lines_one and len(lines_two) == len(PROMPTS)
-    assert len(summaries) == 1 and summaries[0]["new_results"] == len(PROMPTS)
 
 
 def test_method_all_writes_the_table(prompts_file, tmp_path, dream_dir, rm_dir, capsys):
