@@ -1029,33 +1029,58 @@ def check_run(args):
                     compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
 
-def run_prompts(args, models, judge, cfgs, prompts, settings, todo):
-    """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps."""
-    results, traces, one = [], [], args.prompt is not None
-    for b in range(0, len(todo), args.batch_size):
-        for cfg in cfgs:
-            batch, trace = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left], []
-            if not batch:
-                continue
-            began = time.perf_counter()
-            out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
-                           one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
-            for i, result in zip(batch, out):
-                scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
-                if not all(map(math.isfinite, scores)):
-                    raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a number): "
-                                     "the reward model's weights or --dtype (float16 overflows) are at fault")
-                results.append({**prompts[i], "index": i, **result, "settings": settings})
-                traces.append(trace)
-                for j, r in enumerate(result["responses"] if one else []):
-                    judged = f", judge's score {r['score']:.4f}" if judge else ""
-                    show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
-                if args.output:
-                    append_line(args.output, results[-1])
-                seconds = (time.perf_counter() - began) / len(batch)
-                print(f"prompt {i} {cfg.method}: Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
-                      f"{result['avg_reward']:.4f}  {seconds:.1f} s", file=sys.stderr)
+def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
+    """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps.
+    Under torchrun every process runs as many rounds as the first and learns, after each, any other's error."""
+    results, traces = [], []
+    rounds = math.ceil(math.ceil(len(prompts) / world) / args.batch_size)   # the same in every process
+    progress = {"total": sum(len(left) for _, left in todo), "done": 0, "began": time.perf_counter()}
+    for b in range(0, rounds * args.batch_size, args.batch_size):
+        error = None
+        try:
+            for cfg in cfgs:
+                batch = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left]
+                if batch:
+                    run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces, progress)
+        except (InputError, WriteError) as err:
+            error = err
+        agree(world, error)
     return results, traces
+
+def run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces, progress):
+    """One method on a batch of prompts: each result checked, printed, appended to --output."""
+    trace, one = [], args.prompt is not None
+    out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
+                   one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
+    for i, result in zip(batch, out):
+        scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
+        if not all(map(math.isfinite, scores)):
+            raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a number): "
+                             "the reward model's weights or --dtype (float16 overflows) are at fault")
+        results.append({**prompts[i], "index": i, **result, "settings": settings})
+        traces.append(trace)
+        for j, r in enumerate(result["responses"] if one else []):
+            judged = f", judge's score {r['score']:.4f}" if judge else ""
+            show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+        if args.output:
+            append_line(args.output, results[-1])
+        progress["done"] += 1
+        done, total = progress["done"], progress["total"]
+        seconds = time.perf_counter() - progress["began"]
+        left = f", about {seconds / done * (total - done):.0f} s left" if done < total else ""
+        print(f"prompt {i} {cfg.method} ({done} of {total}): Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
+              f"{result['avg_reward']:.4f}  {seconds / done:.1f} s a result{left}", file=sys.stderr)
+
+def agree(world, error):
+    """Under torchrun, every process learns the first error any process met, and raises it: all end together,
+    with the same line, instead of waiting for one that has gone."""
+    if world > 1:
+        errors = [None] * world
+        torch.distributed.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
+        first = next((e for e in errors if e), None)
+        error = None if first is None else (WriteError if first[0] == "WriteError" else InputError)(first[1])
+    if error is not None:
+        raise error
 
 def summarize(args, results, prompts, settings, new, seconds):
     """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, appended, then printed."""
@@ -1115,17 +1140,26 @@ def run_checked(args, cfgs, prompts, settings):
     embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
     check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
     todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
+    if done and rank == 0:
+        print(f"resuming: {plural(len(done), 'result')} already in {args.output}", file=sys.stderr)
     start = time.perf_counter()
-    results, traces = run_prompts(args, (dllm, tok, rm, rm_tok, embedding), judge, cfgs, prompts, settings, todo)
+    models = (dllm, tok, rm, rm_tok, embedding)
+    results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo, world)
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", file=sys.stderr)
     if args.trace:
         write_page(args.trace, trace_page(args.prompt, settings, results, traces, tok))
+        print(f"the denoising page: {args.trace}", file=sys.stderr)
     new = torch.tensor([len(results)], device=device)
     if world > 1:
         torch.distributed.all_reduce(new)                # NCCL reduces CUDA tensors, gloo CPU ones
-    if rank == 0:
-        summarize(args, results, prompts, settings, int(new), time.perf_counter() - start)
+    error = None
+    try:
+        if rank == 0:
+            summarize(args, results, prompts, settings, int(new), time.perf_counter() - start)
+    except WriteError as err:
+        error = err
+    agree(world, error)
     if world > 1:
         torch.distributed.barrier()                      # no rank leaves while another still talks to it
         torch.distributed.destroy_process_group()

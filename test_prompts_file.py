@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -239,3 +240,26 @@ def test_prompt_field_reads_a_benchmark_s_field_and_keeps_every_field(tmp_path, 
                  "--prompt-field", "question", dream_dir=dream_dir, rm_dir=rm_dir)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and 'line 2 has no prompt: it needs a non-empty "question" field' in last
+
+
+def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file, tmp_path, dream_dir, rm_dir):
+    """A full disk under torchrun (a file size limit, so that a write fails in whichever process meets it):
+    every process ends within seconds with the same line and status 74, not at the process group's
+    timeout; the output holds whole lines."""
+    import resource
+    import signal as signals
+    out = tmp_path / "o.jsonl"
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+        signals.signal(signals.SIGXFSZ, signals.SIG_IGN)                    # a write past it fails, EFBIG
+    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--output", str(out)]
+    began = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, preexec_fn=small_disk)
+    assert time.perf_counter() - began < 120 and run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("entrgi.py: error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1] and "cannot write --output" in errors[0], run.stderr[-2000:]
+    assert re.search(r"exitcode\s*: 74", run.stderr)                      # torchrun's report of the processes
+    assert all(json.loads(line) for line in out.read_text().splitlines())
