@@ -1079,6 +1079,11 @@ def agree(world, error):
         torch.distributed.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
         first = next((e for e in errors if e), None)
         error = None if first is None else (WriteError if first[0] == "WriteError" else InputError)(first[1])
+        if error is not None:                            # every process says it before any leaves
+            print(f"entrgi.py: error: {error}", file=sys.stderr, flush=True)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+            raise SystemExit(74 if isinstance(error, WriteError) else 2)
     if error is not None:
         raise error
 
