@@ -738,7 +738,8 @@ def decode(tokenizer, y, eos_ids):
 # 6. The command line
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.")
+    p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
     add("--prompt", help="the user prompt")
     add("--prompts-file", help="many prompts: text, one a line, or .jsonl, one JSON object a line; needs --output")
@@ -747,7 +748,8 @@ def parse_args(argv=None):
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM, Dream or LLaDA: hub name or directory")
     add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub name or directory")
     add("--score-model", help="a second reward model, an independent judge of the final texts (default: none)")
-    add("--method", default="entrgi", help="entrgi, aps (straight-through), soft, bon (best of K, unguided) or all")
+    add("--method", default="entrgi", choices=[*METHODS, "all"],
+        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, unguided); all four")
     add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
     add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
     add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
@@ -1129,6 +1131,7 @@ def run_checked(args, cfgs, prompts, settings):
     if args.trace and done:
         raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
     device, world, rank = pick_device(args.device), int(os.environ.get("WORLD_SIZE", 1)), 0
+    warn_slow_dtype(device, args.dtype)
     if world > 1:                                        # torchrun: one process a GPU, every world-th prompt each
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
@@ -1169,6 +1172,12 @@ def run_checked(args, cfgs, prompts, settings):
         torch.distributed.barrier()                      # no rank leaves while another still talks to it
         torch.distributed.destroy_process_group()
 
+def warn_slow_dtype(device, dtype):
+    """bfloat16 and float16 have no fast kernels on most CPUs: say so before a run that would crawl."""
+    if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
+        print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 (17x measured on "
+              "the tests' models); leave --dtype auto there", file=sys.stderr)
+
 def deterministic():
     """Process-wide: CUDA kernels that give the same result on every run on the same GPU (torch's
     deterministic algorithms; attention's plain math kernel, whose backward adds in a fixed order)."""
@@ -1186,6 +1195,7 @@ def main(argv=None):
             cfg = configs(args)[0]
             if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
                 raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
+            warn_slow_dtype(pick_device(args.device), args.dtype)
             result = benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
                                args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step,
                                args.compile)

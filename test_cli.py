@@ -110,7 +110,7 @@ BAD = [   # (arguments, what the one line says); all checked before any model is
     (["--block-length", "3"], "the block length B = 3 must divide L = 4"),
     (["--block-length", "0"], "the block length B = 0 must divide L = 4"),
     (["--block-length", "1", "--steps", "6"], "L / B must divide T"),
-    (["--method", "greedy"], "unknown method 'greedy'"),
+    (["--method", "greedy"], "argument --method: invalid choice: 'greedy'"),
     (["--guide-every", "0"], "guide_every must be at least 1"),
     (["--remasking", "low_confidence"], "argument --remasking: invalid choice: 'low_confidence'"),
     (["--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
@@ -270,3 +270,26 @@ def test_deterministic_and_compile_run_record_themselves_and_repeat(dream_dir, r
         assert result["settings"]["compile"] == (name == "compiled")
     assert texts["deterministic"] == texts["plain"]
     assert len(texts["compiled"]) == 2
+
+
+def test_help_shows_every_default_and_choice(capsys):
+    with pytest.raises(SystemExit):
+        entrgi.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("{bon,soft,aps,entrgi,all}", "(default: entrgi)", "(default: 128)", "(default: 0.95)",
+                  "(default: Dream-org/Dream-v0-Instruct-7B)", "{entropy,probability,margin,random}"):
+        assert shown in text, shown
+
+
+def test_a_run_says_where_it_is_and_a_resume_what_is_there(dream_dir, rm_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello\nWhy?\nOne two three\n")
+    out = tmp_path / "o.jsonl"
+    args = ["--prompts-file", str(prompts), *SMALL, "--output", str(out)]
+    p = cli(*args, "--dtype", "bfloat16", dream_dir=dream_dir, rm_dir=rm_dir)
+    assert p.returncode == 0, p.stderr
+    assert "(1 of 3)" in p.stderr and "(3 of 3)" in p.stderr and "s left" in p.stderr
+    assert "--dtype bfloat16 on a CPU runs many times slower" in p.stderr
+    assert "3 results for 3 prompts, 3 new" in p.stdout
+    again = cli(*args, "--dtype", "bfloat16", dream_dir=dream_dir, rm_dir=rm_dir)
+    assert "resuming: 3 results already in" in again.stderr and "3 results for 3 prompts, 0 new" in again.stdout
