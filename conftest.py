@@ -17,6 +17,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # tests never reach a hub
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: whole prompts files, torchrun, torch.compile, a million draws "
+                                       "(python -m pytest -m 'not slow' runs the rest)")
+
 CORPUS_A = """The quick brown fox jumps over the lazy dog. Hello world, how are you today?
 I am fine, thank you. Diffusion language models reveal tokens in any order.
 A reward model scores a response to a prompt. Write a short poem about the sea.

@@ -406,7 +406,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=F
     y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
     counts = reveal_counts(y0, mask_id, cfg)                             # tokens revealed at each step
     read_end = read_limit(eos_ids, L, cfg.K, len(seeds))
-    per_prompt = reward is not None and "widths" in inspect.signature(reward).parameters
+    per_prompt = takes_widths(reward)
     skipped = torch.zeros((), dtype=torch.long, device=device)
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
         if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
@@ -451,31 +451,44 @@ def reveal_counts(y0, mask_id, cfg):
         raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
     return [c for n in per_block[0] for c in schedule(cfg.T * block // cfg.L, n, cfg.schedule)]
 
+def takes_widths(reward):
+    """Whether reward(e, tokens, widths) takes one read width per prompt (make_reward's does)."""
+    try:
+        return "widths" in inspect.signature(reward).parameters
+    except (TypeError, ValueError):                      # a callable without a signature
+        return False
+
 GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime), apart from the sampler's
 EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
 
 def read_limit(eos_ids, L, K, prompts):
     """limit() -> [n, ...], one per prompt (K rows each): no row of the prompt reads position n or later: n is
     the latest first revealed end token of its rows (revealed tokens never change, so a bound from an earlier
-    step holds). limit.update(y) starts copying y's bounds to the host without waiting; limit() returns the
-    newest that have arrived (L for each prompt before any)."""
-    state = {"n": [L] * prompts, "pending": None}
+    step holds). limit.update(y) starts copying y's bounds to the host without waiting; limit() takes the
+    bounds of the update before the newest (L before it): a copy made a step ago has long arrived, and
+    which bounds a step uses never depends on timing. With torch's deterministic algorithms on, limit()
+    waits for that copy if it has not arrived; otherwise it keeps the older bounds (nothing waits)."""
+    state = {"n": [L] * prompts, "pending": []}
     def limit():
-        pending = state["pending"]
-        if pending is not None and (pending[1] is None or pending[1].query()):
-            state["n"] = [int(n) for n in pending[0].numpy()]             # a host tensor: no device read
-            state["pending"] = None
+        while len(state["pending"]) > 1:
+            host, done = state["pending"][0]
+            if done is not None and not done.query():
+                if not torch.are_deterministic_algorithms_enabled():
+                    break
+                done.synchronize()
+            state["n"] = [int(n) for n in host.numpy()]                  # a host tensor: no device read
+            state["pending"].pop(0)
         return state["n"]
     def update(y):
         ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)              # (prompts,) the latest first end
         if y.is_cpu:
-            state["pending"] = (ends, None)
+            state["pending"].append((ends, None))
             return
         host = torch.empty(ends.shape, dtype=ends.dtype, pin_memory=True)
         host.copy_(ends, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        state["pending"] = (host, done)
+        state["pending"].append((host, done))
     limit.update = update
     return limit
 

@@ -166,6 +166,7 @@ def test_cli_cuda_without_cuda_exits_2_without_traceback(dream_dir, rm_dir):
     assert "CUDA is not available here: use --device cpu" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_one_line_and_status_130_and_leaves_whole_lines(dream_dir, rm_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(["Hello", "Write a poem", "Why?"] * 6) + "\n")
@@ -256,6 +257,7 @@ def test_trace_page_escapes_text_loads_nothing_and_repeats(traced):
     assert not re.search(r"https?:|//[a-z]|url\(|@import|<link|<iframe|<img", page, re.I)
 
 
+@pytest.mark.slow
 def test_deterministic_and_compile_run_record_themselves_and_repeat(dream_dir, rm_dir, tmp_path):
     """--deterministic (torch's deterministic algorithms) runs on a CPU and gives the default run's tokens;
     --compile runs end to end; both are settings a resume checks."""

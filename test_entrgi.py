@@ -163,6 +163,7 @@ ROWS = {"flat": torch.softmax(0.1 * torch.randn(V, generator=_g), -1),       # t
         "ties": torch.tensor([0.25, 0.25] + [0.125] * 4 + [0.0] * (V - 6))}    # equal tokens straddle 0.6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top_p", [0.6, 0.95, 1.0])
 def test_top_p_sample_is_the_exact_nucleus_distribution(top_p):
     """One million draws per row shape, all rows in one batch (each row its own distribution): Pearson's
@@ -285,18 +286,21 @@ def test_reward_cut_after_the_longest_read_prefix_is_unchanged(rm):
 
 
 def test_read_limit_is_the_latest_first_revealed_end():
-    """The reward's width bounds in `sample`, one per prompt: L until an update, then the latest first revealed
-    end token over the prompt's rows (a masked position, 9 here, is no end); they only fall as tokens are
-    revealed (the last update here takes a revealed end away, which `sample` never does)."""
+    """The reward's width bounds in `sample`, one per prompt, from the update before the newest (a step old:
+    on a GPU long arrived): L until then, then the latest first revealed end token over the prompt's rows (a
+    masked position, 9 here, is no end). (The third update takes a revealed end away, which `sample` never
+    does: the bound follows it.)"""
     limit = entrgi.read_limit(torch.tensor([1, 2]), 6, K=2, prompts=2)
     assert limit() == [6, 6]
     rows = [[5, 9, 1, 9, 9, 9], [9, 9, 9, 9, 2, 9], [1, 9, 9, 9, 9, 9], [9, 2, 9, 9, 9, 9]]
     limit.update(torch.tensor(rows))
-    assert limit() == [4, 1]                                         # per prompt: the latest of its two rows
+    assert limit() == [6, 6]                                         # the newest update is a step too new
     rows[1][0] = 1
     limit.update(torch.tensor(rows))
-    assert limit() == [2, 1]
+    assert limit() == [4, 1]                                         # per prompt: the latest of its two rows
     rows[0][2] = 9
+    limit.update(torch.tensor(rows))
+    assert limit() == [2, 1]
     limit.update(torch.tensor(rows))
     assert limit() == [6, 1]
 

@@ -209,6 +209,7 @@ def test_every_tensor_of_the_loop_lives_on_the_gpu_fake_tensors(monkeypatch):
         assert out.device.type == "cuda"
 
 
+@pytest.mark.slow
 def test_compiled_models_give_the_eager_rewards_and_gradients(dream_dir, rm_dir):
     """torch.compile on both models (fp32, CPU): the denoiser's logits and the reward with its gradient in e
     agree with eager within 1e-4, at two read widths (the reward's length is dynamic)."""

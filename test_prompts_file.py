@@ -62,6 +62,7 @@ def batched(dream_dir, rm_dir, tmp_path_factory):
     return root, runs
 
 
+@pytest.mark.slow
 def test_a_prompt_s_result_does_not_depend_on_its_batch(batched):
     """Bitwise: every response, reward and number of each prompt and method is the same at batch sizes 1, 2, 3
     and 8 (the last holds all eight prompts together)."""
@@ -73,6 +74,7 @@ def test_a_prompt_s_result_does_not_depend_on_its_batch(batched):
     assert len(texts) > 8                                                   # the runs are not trivially alike
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(batched, dream_dir, rm_dir):
     root, runs = batched
     args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", str(root / "p.txt"), *LONG,
@@ -101,6 +103,7 @@ def cli(*args, env=None):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
     prompts = tmp_path / "many.txt"
     prompts.write_text("\n".join(PROMPTS * 3) + "\n")                       # 18 prompts
@@ -242,6 +245,7 @@ def test_prompt_field_reads_a_benchmark_s_field_and_keeps_every_field(tmp_path, 
     assert exit_info.value.code == 2 and 'line 2 has no prompt: it needs a non-empty "question" field' in last
 
 
+@pytest.mark.slow
 def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file, tmp_path, dream_dir, rm_dir):
     """A full disk under torchrun (a file size limit, so that a write fails in whichever process meets it):
     every process ends within seconds with the same line and status 74, not at the process group's

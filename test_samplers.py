@@ -156,6 +156,7 @@ CASES = [   # (the owner's sampler, ours reproducing it, ours with another rule:
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, owners, settings, other", CASES, ids=[c[0] for c in CASES])
 def test_unguided_sampler_draws_the_owners_distribution(name, owners, settings, other):
     """40,000 responses from the owner's transcribed sampler (its own randomness: Gumbel-max in float64, or
