@@ -357,88 +357,139 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
 
 # 3. The guided step (Algorithm 1, lines 2-3)
 
-def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999), eps=1e-8, width=None,
-          overwrite=False):
-    """M Adam steps on psi, the logits (N, m, V) fp32 at the masked positions idx (N, m) of y (N, L), up the
-    reward. Returns psi and the count (a tensor: no host sync) of updates whose reward or gradient was not
-    finite, given a zero gradient. width: the reward reads the first `width` positions only (no row reads
-    further); a list: one width per prompt, passed to reward(e, tokens, widths). overwrite=True builds psi in logits' own memory (one (N, m, V) tensor fewer; logits then hold psi).
-    Alive: psi, Adam's moments, q, one working tensor."""
-    psi = logits.detach() if overwrite else logits.detach().clone()      # line 2: psi <- the logits (dLLM frozen)
+def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999), eps=1e-8,
+          width=None, overwrite=False):
+    """Algorithm 1, lines 2-3: M Adam steps on psi, the logits (N, m, V) fp32 at the masked
+    positions idx (N, m) of y (N, L), up the reward (loss = -sum_n R_n).
+
+    Returns psi and the count (a tensor: no host sync) of updates whose reward or gradient
+    was not finite; those get a zero gradient.
+    width: the reward reads the first `width` positions only (no row reads further); a list:
+    one width per prompt, passed as reward(e, tokens, widths).
+    overwrite: build psi in logits' own memory (one (N, m, V) tensor fewer).
+    Alive at once: psi, Adam's two moments, q and one working tensor."""
+    # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
+    psi = logits.detach() if overwrite else logits.detach().clone()
     psi = psi.contiguous().requires_grad_(True)
-    m, v = torch.zeros_like(psi), torch.zeros_like(psi)                  # Adam's moments
+    moment1 = torch.zeros_like(psi)                                  # Adam's moments
+    moment2 = torch.zeros_like(psi)
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-    n = y.shape[1] if width is None else max(width) if isinstance(width, list) else width
-    per_prompt = {"widths": width} if isinstance(width, list) else {}
-    e_known = embedding[y.scatter(1, idx, 0)]                            # (N, L, d) E^R[token] where revealed
-    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])         # (N, m, d)
-    for step in range(1, cfg.M + 1):                                     # line 3
+
+    # the reward model reads E^R[token] where revealed and e (the relaxation) where masked
+    e_known = embedding[y.scatter(1, idx, 0)]                        # (N, L, d)
+    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])     # (N, m, d)
+    n = y.shape[1]
+    per_prompt = {}
+    if isinstance(width, list):
+        n = max(width)
+        per_prompt = {"widths": width}
+    elif width is not None:
+        n = width
+
+    # line 3: M Adam steps on psi
+    for step in range(1, cfg.M + 1):
         e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
                      entropy_from=cfg.entropy_from)
-        tokens = y.scatter(1, idx, psi.detach().argmax(-1))              # masked positions read as argmax psi
-        R = reward(e_known.scatter(1, at_idx, e)[:, :n], tokens[:, :n], **per_prompt)   # (N,)
-        g, = torch.autograd.grad(-R.sum(), psi)                          # loss = -sum_n R_n
+        e_all = e_known.scatter(1, at_idx, e)                        # (N, L, d)
+        tokens = y.scatter(1, idx, psi.detach().argmax(-1))          # masked: read as argmax psi
+        R = reward(e_all[:, :n], tokens[:, :n], **per_prompt)        # (N,)
+        g, = torch.autograd.grad(-R.sum(), psi)
+
         with torch.no_grad():
-            ok = (R + g.sum((1, 2))).isfinite()
+            ok = (R + g.sum((1, 2))).isfinite()                      # (N,) rows with a finite update
             skipped += (~ok).sum()
             g.masked_fill_(~ok[:, None, None], 0.0)
-            m.lerp_(g, 1 - betas[0])                                     # Adam as torch.optim.Adam, in place
-            v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-            c1, c2 = 1 - betas[0] ** step, math.sqrt(1 - betas[1] ** step)   # bias corrections
-            psi.addcdiv_(m, torch.sqrt(v, out=g).add_(eps * c2), value=-cfg.lr * c2 / c1)   # (denominator in g)
-        del g                                                            # freed before the next forward
+            adam_step(psi, g, moment1, moment2, step, cfg.lr, betas, eps)
+        del g                                                        # freed before the next forward
     return psi.detach(), skipped
+
+def adam_step(psi, g, moment1, moment2, step, lr, betas, eps):
+    """One step of torch.optim.Adam on psi, in place (g's memory then holds the denominator).
+    Plain form, t = step:
+        moment1 = b1 moment1 + (1 - b1) g
+        moment2 = b2 moment2 + (1 - b2) g^2
+        psi -= lr (moment1 / (1 - b1^t)) / (sqrt(moment2 / (1 - b2^t)) + eps)"""
+    moment1.lerp_(g, 1 - betas[0])
+    moment2.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+    c1 = 1 - betas[0] ** step                                        # the bias corrections
+    c2 = math.sqrt(1 - betas[1] ** step)
+    denominator = torch.sqrt(moment2, out=g).add_(eps * c2)          # sqrt(moment2) + eps c2
+    psi.addcdiv_(moment1, denominator, value=-lr * c2 / c1)
 
 # 4. The sampler (Algorithm 1)
 
-def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=False, y0=None, on_step=None):
-    """Reward-guided masked diffusion (Algorithm 1) for len(seeds) prompts x K trajectories, prompt-major: returns
-    y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) -> (N, L, V) logits, row l predicting
-    token l (the mask token's logit is set to -inf in a copy: the mask is never revealed); reward(e (N, n, d),
-    tokens (N, n)) -> (N,); embedding (V, d): E^R in the dLLM's vocabulary order. y0 (N, L): tokens to start from.
-    on_step(k, y, likely): called after each step that reveals tokens. Nothing in the loop waits for the device."""
-    device, N, L = embedding.device, len(seeds) * cfg.K, cfg.L
-    block = cfg.block_length or L
-    # one generator per prompt; separate streams, so guidance never shifts the sampler's draws
-    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
-    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
+def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=False, y0=None,
+           on_step=None):
+    """Reward-guided masked diffusion (Algorithm 1), len(seeds) prompts x K trajectories,
+    prompt-major: y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) ->
+    logits (N, L, V), row l predicting token l; reward(e (N, n, d), tokens (N, n)) -> R (N,);
+    embedding (V, d): E^R in the dLLM's order. y0 (N, L): a start (default: all masked);
+    on_step(k, y, likely) after each step that reveals tokens. The mask is never revealed;
+    nothing in the loop waits for the device."""
+    device = embedding.device
+    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]      # one per prompt; guidance
+    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]   # apart
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    y = torch.full((N, L), mask_id, dtype=torch.long, device=device) if y0 is None else y0.clone()
-    counts = reveal_counts(y0, mask_id, cfg)                             # tokens revealed at each step
-    read_end = read_limit(eos_ids, L, cfg.K, len(seeds))
-    per_prompt = takes_widths(reward)
+    y = y0.clone() if y0 is not None else torch.full(
+        (len(seeds) * cfg.K, cfg.L), mask_id, dtype=torch.long, device=device)
+    counts = reveal_counts(y0, mask_id, cfg)                         # tokens revealed at each step
+    read_end = read_limit(eos_ids, cfg.L, cfg.K, len(seeds))
     skipped = torch.zeros((), dtype=torch.long, device=device)
+
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
-        if counts[k] == 0:                               # nothing is revealed at this step: it changes nothing
+        if counts[k] == 0:                           # nothing is revealed at this step: skip it whole
             continue
-        m = sum(counts[k:])                              # masked positions, the same in every row
-        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]       # (N, m) the masked positions, in order
-        logits = denoiser(y)                                                 # line 1: (N, L, V)
-        logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (N, m, V), a copy
-        if mask_id < logits.shape[-1]:                                       # the mask is never proposed
-            logits[..., mask_id] = -math.inf
-        q = torch.softmax(logits / cfg.temperature, -1)                      # the unguided step distribution
-        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, read from q
+        m = sum(counts[k:])                          # masked positions, the same in every row
+        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]        # (N, m) masked, in order
+
+        # line 1: the denoiser's logits at the masked positions
+        logits = masked_logits(denoiser, y, idx, mask_id)                    # (N, m, V)
+        q = torch.softmax(logits / cfg.temperature, -1)      # the unguided step distribution
+        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, from q
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
-        if cfg.guided and k % cfg.guide_every == 0:                          # lines 2-3
-            del q                                        # (guidance holds its own (N, m, V) tensors)
-            widths = read_end()                                             # per prompt, on the host
-            width = widths if per_prompt else max(widths)
-            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide, width=width, overwrite=True)
+
+        # lines 2-3: guidance moves psi (it holds its own (N, m, V) tensors)
+        if cfg.guided and k % cfg.guide_every == 0:
+            del q
+            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide,
+                           width=read_end(takes_widths(reward)), overwrite=True)
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
-        x0 = top_p_sample(q, cfg.top_p, gen_x)                               # line 4: (N, m)
-        if cfg.remasking == "probability":                                   # read at the token drawn
-            order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        if cfg.eos_last:                                                     # line 5: a sampled end token last
-            order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
-        order = order.masked_fill(idx // block != k * (L // block) // cfg.T, -math.inf)   # the current block only
-        reveal = order.topk(counts[k], -1).indices                           # (N, counts[k]) of the m
-        y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))        # line 6
+
+        # line 4: candidates x0 ~ q, top-p
+        x0 = top_p_sample(q, cfg.top_p, gen_x)                               # (N, m)
+
+        # line 5: which positions to reveal
+        reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)  # (N, counts[k])
+
+        # line 6: write the revealed tokens; they never change again
+        y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))
         read_end.update(y)
         if on_step:
             on_step(k, y, likely)
     return y, skipped
+
+def masked_logits(denoiser, y, idx, mask_id):
+    """The denoiser's logits (N, m, V) at the masked positions idx (N, m), in a copy whose mask token
+    is never proposed (a mask id past the vocabulary, as the toy's, has no logit)."""
+    logits = denoiser(y)                                                     # (N, L, V)
+    logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    if mask_id < logits.shape[-1]:
+        logits[..., mask_id] = -math.inf
+    return logits
+
+def most_confident(order, x0, idx, count, k, eos_ids, cfg):
+    """Line 5: the `count` positions (N, count) of the m to reveal at step k: the most confident by
+    `order` (N, m) (for "probability", (N, m, V), read at the token drawn), a sampled end token after
+    every other (eos_last), positions of the current block only."""
+    if cfg.remasking == "probability":
+        order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    if cfg.eos_last:
+        order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
+    block = cfg.block_length or cfg.L
+    current = k * (cfg.L // block) // cfg.T
+    order = order.masked_fill(idx // block != current, -math.inf)
+    return order.topk(count, -1).indices
 
 def reveal_counts(y0, mask_id, cfg):
     """The tokens revealed at each of the T steps: `schedule` in each block, blocks left to right.
@@ -462,14 +513,15 @@ GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime)
 EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
 
 def read_limit(eos_ids, L, K, prompts):
-    """limit() -> [n, ...], one per prompt (K rows each): no row of the prompt reads position n or later: n is
-    the latest first revealed end token of its rows (revealed tokens never change, so a bound from an earlier
-    step holds). limit.update(y) starts copying y's bounds to the host without waiting; limit() takes the
-    bounds of the update before the newest (L before it): a copy made a step ago has long arrived, and
-    which bounds a step uses never depends on timing. With torch's deterministic algorithms on, limit()
-    waits for that copy if it has not arrived; otherwise it keeps the older bounds (nothing waits)."""
+    """Where the rows of each prompt (K rows each) stop reading: limit() -> [n, ...], one per prompt
+    (limit(False): their max); no row of the prompt reads position n or later. n is the latest first
+    revealed end token of its rows: revealed tokens never change, so a bound from an earlier step
+    holds. limit.update(y) starts copying y's bounds to the host without waiting; limit() takes the
+    bounds of the update before the newest (L before it): a copy made a step ago has long arrived,
+    and which bounds a step uses never depends on timing. With torch's deterministic algorithms on,
+    limit() waits for that copy if it has not arrived; otherwise it keeps the older bounds."""
     state = {"n": [L] * prompts, "pending": []}
-    def limit():
+    def limit(per_prompt=True):
         while len(state["pending"]) > 1:
             host, done = state["pending"][0]
             if done is not None and not done.query():
@@ -478,7 +530,7 @@ def read_limit(eos_ids, L, K, prompts):
                 done.synchronize()
             state["n"] = [int(n) for n in host.numpy()]                  # a host tensor: no device read
             state["pending"].pop(0)
-        return state["n"]
+        return state["n"] if per_prompt else max(state["n"])
     def update(y):
         ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)              # (prompts,) the latest first end
         if y.is_cpu:
