@@ -1,11 +1,18 @@
 """
-EntRGi: entropy-aware reward guidance for masked diffusion language models (A. Tejaswi, L. Rout, C. Caramanis,
-S. Shakkottai, S. Sanghavi, arXiv:2602.05000, 2026). At every denoising step, Adam moves the denoiser's logits psi
-at the still-masked positions up a reward model's gradient; the step samples from them. Baseline: APS, the
-straight-through estimator (Rout et al., 2025). Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct, run through
-transformers' Qwen2 and Llama classes attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
-Top to bottom: 1. the relaxation, 2. the reward bridge, 3. the guided step (Algorithm 1, lines 2-3), 4. the sampler
-(lines 1-6; Dream's and LLaDA's reveal rules; EntRGi as a logits hook), 5. loading, 6. the command line, 7. benchmark.
+EntRGi: entropy-aware reward guidance for masked diffusion language models.
+
+A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
+Guidance for Diffusion Language Models", arXiv:2602.05000, 2026. At every denoising step, Adam
+moves the denoiser's logits psi at the still-masked positions up a reward model's gradient; the
+step samples from them. Baseline: APS, the straight-through estimator (Rout et al., 2025).
+Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct through transformers' Qwen2 and Llama classes,
+attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
+
+The method, sections 1-4, is what a user copies: it needs torch (and transformers' public API
+for the reward bridge) and nothing below it.
+  1. the relaxation            2. the reward bridge        3. the guided step (lines 2-3)
+  4. the sampler (Algorithm 1, lines 1-6; Dream's and LLaDA's reveal rules; the logits hook)
+What runs it: 5. loading, 6. the command line, files and the trace page, 7. the benchmark.
 """
 
 import argparse
@@ -28,12 +35,6 @@ from tqdm import tqdm
 
 METHODS = ("bon", "soft", "aps", "entrgi")
 REMASKING = ("entropy", "probability", "margin", "random")
-
-class InputError(ValueError):
-    """Bad input: the command line prints the message and exits with status 2."""
-
-class WriteError(OSError):
-    """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
 
 @dataclass
 class Config:
@@ -801,6 +802,12 @@ def decode(tokenizer, y, eos_ids):
     return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True) for row, k in zip(y, keep)]
 
 # 6. The command line
+
+class InputError(ValueError):
+    """Bad input: the command line prints the message and exits with status 2."""
+
+class WriteError(OSError):
+    """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.",
