@@ -1093,6 +1093,8 @@ def check_run(args):
             raise InputError(f"cannot write {flag} {path!r}: its folder does not exist or is read-only")
         if path and os.path.exists(path) and not os.access(path, os.W_OK):
             raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
+        if path:
+            probe_write(path, flag)
     if one:
         check_text(args.prompt, "--prompt")
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
@@ -1102,6 +1104,18 @@ def check_run(args):
                     dtype=args.dtype, prompt_field=args.prompt_field, batch_size=args.batch_size,
                     compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
+
+def probe_write(path, flag):
+    """Opens `path` for appending, writing nothing (a file it creates is removed again): a path the
+    machine will not write (a read-only file system, /sys, /proc) is found before any model loads."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
+    if not existed:
+        os.remove(path)
 
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
     """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps.

@@ -249,6 +249,18 @@ def test_a_read_only_output_is_found_before_any_model(dream_dir, rm_dir, tmp_pat
     assert "the file is read-only" in one_error_line(capsys, exit_info)
 
 
+@pytest.mark.parametrize("path", ["/proc/version", "/sys/kernel/entrgi-out.jsonl"])
+def test_an_output_the_machine_will_not_write_is_found_before_any_model(path, dream_dir, rm_dir, capsys,
+                                                                       monkeypatch):
+    """Places even root cannot write (os.access says yes): found by opening them, before any model."""
+    if not os.path.exists(os.path.dirname(path)):
+        pytest.skip(f"{os.path.dirname(path)} is not on this machine")
+    refused_before_any_model(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", path, dream_dir=dream_dir, rm_dir=rm_dir)
+    assert f"cannot write --output '{path}'" in one_error_line(capsys, exit_info)
+
+
 def test_a_resume_names_the_setting_that_differs_and_one_folder_is_one_setting(dream_dir, rm_dir, tmp_path, capsys):
     out = str(tmp_path / "o.jsonl")
     main("--prompt", "Hello", "--output", out, dream_dir=dream_dir, rm_dir=rm_dir)
