@@ -180,9 +180,9 @@ def inverse_cdf(p, u, block=64):
     target = u.to(cdf.dtype) * cdf[:, -1:]                                   # (n, C)
     j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
     start = j * block                                                        # (n, C) first token of the block
-    at = (start.unsqueeze(-1) + torch.arange(block, device=p.device)).clamp_(max=V - 1)   # (n, C, block)
-    inside = torch.where(at < V, p.gather(1, at.flatten(1)).view(at.shape), 0)
-    inside = torch.where(start.unsqueeze(-1) + torch.arange(block, device=p.device) < V, inside, 0)
+    positions = start.unsqueeze(-1) + torch.arange(block, device=p.device)   # (n, C, block)
+    inside = p.gather(1, positions.clamp(max=V - 1).flatten(1)).view(positions.shape)
+    inside = torch.where(positions < V, inside, 0)                           # past the vocabulary: no mass
     before = cdf.gather(1, j) - sums.gather(1, j)                            # the mass before the block
     k = torch.searchsorted(inside.cumsum(-1), (target - before).unsqueeze(-1), right=True)
     return (start + k.squeeze(-1).clamp_(max=block - 1)).clamp_(max=V - 1)

@@ -547,8 +547,9 @@ def test_presets_are_the_papers_models():
 def test_benchmark_measures_the_step_and_its_floors(capsys, monkeypatch, tmp_path):
     models = []
     make_denoiser, make_reward = entrgi.make_denoiser, entrgi.make_reward
-    monkeypatch.setattr(entrgi, "make_denoiser", lambda model, *a, **k: models.append(model) or make_denoiser(model, *a))
-    monkeypatch.setattr(entrgi, "make_reward", lambda model, *a, **k: models.append(model) or make_reward(model, *a))
+    keep = lambda make: lambda model, *a, **k: models.append(model) or make(model, *a)
+    monkeypatch.setattr(entrgi, "make_denoiser", keep(make_denoiser))
+    monkeypatch.setattr(entrgi, "make_reward", keep(make_reward))
     result = entrgi.benchmark("tiny", "cpu", "float32", K=2, L=16, M=2, P=8, steps=1, layers=1, first_step=True)
     assert len(models) == 2 and not any(p.requires_grad for model in models for p in model.parameters())   # frozen
     assert all(not model.training and model.config.num_hidden_layers == 1 for model in models)

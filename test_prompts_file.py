@@ -261,8 +261,8 @@ def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file,
     began = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"},
-                         preexec_fn=small_disk)
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                              "PYTHONDONTWRITEBYTECODE": "1"}, preexec_fn=small_disk)
     assert time.perf_counter() - began < 120 and run.returncode != 0
     errors = re.findall(r"entrgi\.py: error: cannot write --output .*?(?:\(a full disk\?\)|File too large)",
                         run.stderr)                                         # (two
