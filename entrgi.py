@@ -1115,7 +1115,8 @@ def probe_write(path, flag):
     except OSError as err:
         raise InputError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
     if not existed:
-        os.remove(path)
+        with contextlib.suppress(FileNotFoundError):     # (torchrun's other processes probe it too)
+            os.remove(path)
 
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
     """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps.
