@@ -173,9 +173,9 @@ def test_every_tensor_of_the_loop_lives_on_the_gpu_fake_tensors(monkeypatch):
         with unset_fake_temporarily():
             return real_schedule(*a, **k)
 
-    def checked_limit(eos_ids, L):
-        limit = lambda: L
-        limit.update = real_limit(eos_ids, L).update
+    def checked_limit(eos_ids, L, K, prompts):
+        limit = lambda per_prompt=True: [L] * prompts if per_prompt else L
+        limit.update = real_limit(eos_ids, L, K, prompts).update
         return limit
     class CpuGenerator(real_generator):
         def __new__(cls, device="cpu"):
