@@ -36,349 +36,524 @@ from tqdm import tqdm
 METHODS = ("bon", "soft", "aps", "entrgi")
 REMASKING = ("entropy", "probability", "margin", "random")
 
+
 @dataclass
 class Config:
-    method: str = "entrgi"          # entrgi | aps (straight-through) | soft (expectation) | bon (unguided, best of K)
-    K: int = 4                      # trajectories per prompt
-    T: int = 128                    # denoising steps
-    L: int = 128                    # new tokens
-    M: int = 3                      # Adam steps on psi per denoising step
-    lr: float = 0.5                 # eta (the authors' README; their scripts default to 1.0)
-    temperature: float = 0.7        # tau
+    method: str = "entrgi"      # entrgi | aps (straight-through) | soft | bon (unguided)
+    K: int = 4                  # trajectories per prompt
+    T: int = 128                # denoising steps
+    L: int = 128                # new tokens
+    M: int = 3                  # Adam steps on psi per denoising step
+    lr: float = 0.5             # eta (the authors' README; their scripts: 1.0)
+    temperature: float = 0.7    # tau
     top_p: float = 0.95
     seed: int = 0
-    block_length: int | None = None  # B: blocks of B tokens revealed left to right (None: one block)
-    entropy_from: str = "sampling"  # w from softmax(psi / tau) (the paper) | "model": softmax(psi) (the scripts)
-    remasking: str = "entropy"      # line 5's order, see `confidence`: entropy | probability | margin | random
-    schedule: str = "dream"         # tokens revealed per step, see `schedule`: dream | linear
-    eos_last: bool = True           # a sampled end token is revealed after every other token (the scripts)
-    guide_every: int = 1            # guide the steps 0, k, 2k, ... only (the authors' later apply_every_k)
+    block_length: int | None = None  # blocks revealed left to right (None: one)
+    entropy_from: str = "sampling"   # w from softmax(psi / tau) | "model": softmax(psi)
+    remasking: str = "entropy"  # line 5's order (`confidence`): entropy | probability
+                                # | margin | random
+    schedule: str = "dream"     # tokens revealed per step (`schedule`): dream | linear
+    eos_last: bool = True       # a sampled end token is revealed after all others
+    guide_every: int = 1        # guide steps 0, k, 2k, ... (the authors' apply_every_k)
 
     @property
     def guided(self):
         return self.method != "bon" and self.M > 0 and self.lr > 0
 
     def check(self):
-        """Raises ValueError for the first setting out of its range; returns self."""
+        """Raise ValueError for the first setting out of its range; return self."""
         def need(ok, message):
             if not ok:
                 raise ValueError(message)
-        B = self.L if self.block_length is None else self.block_length
-        need(self.method in METHODS, f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
+
+        need(self.method in METHODS,
+             f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
         for name, least in (("K", 1), ("T", 1), ("L", 1), ("M", 0), ("guide_every", 1)):
-            need(getattr(self, name) >= least, f"{name} must be at least {least}, got {getattr(self, name)}")
-        need(math.isfinite(self.lr) and self.lr >= 0, f"the learning rate eta must be finite and >= 0, got {self.lr}")
-        need(1e-3 <= self.temperature <= 1e3, f"the temperature tau must lie in [0.001, 1000], got {self.temperature}")
+            value = getattr(self, name)
+            need(value >= least, f"{name} must be at least {least}, got {value}")
+        need(math.isfinite(self.lr) and self.lr >= 0,
+             f"the learning rate eta must be finite and >= 0, got {self.lr}")
+        need(1e-3 <= self.temperature <= 1e3,
+             f"the temperature tau must lie in [0.001, 1000], got {self.temperature}")
         need(0 < self.top_p <= 1, f"top-p must lie in (0, 1], got {self.top_p}")
         need(0 <= self.seed < 2**63, f"the seed must lie in [0, 2**63), got {self.seed}")
-        for name, allowed in (("entropy_from", ("sampling", "model")), ("remasking", REMASKING),
-                              ("schedule", ("dream", "linear"))):
+
+        choices = {"entropy_from": ("sampling", "model"), "remasking": REMASKING,
+                   "schedule": ("dream", "linear")}
+        for name, allowed in choices.items():
             value = getattr(self, name)
             need(value in allowed, f"{name} is one of {', '.join(allowed)}, got {value!r}")
-        need(1 <= B <= self.L and self.L % B == 0, f"the block length B = {B} must divide L = {self.L}")
-        need(self.T % (self.L // B) == 0, f"L / B = {self.L // B} blocks share T = {self.T} steps: L / B must divide T")
+
+        block = self.L if self.block_length is None else self.block_length
+        need(1 <= block <= self.L and self.L % block == 0,
+             f"the block length {block} must divide L = {self.L}")
+        blocks = self.L // block
+        need(self.T % blocks == 0,
+             f"L / block length = {blocks} blocks share T = {self.T} steps: it must divide T")
         return self
 
+
+# -----------------------------------------------------------------------------
 # 1. The relaxation: how a masked position is fed to the reward model
 
-def relax(logits, embedding, method, temperature, top_p, generator, x=None, entropy_from="sampling"):
-    """The reward model's input e (..., d) for positions with logits psi (..., V), and the entropy weights w (...);
-    embedding (V, d): E^R rows in the dLLM's vocabulary order.
+
+def relax(logits, embedding, method, temperature, top_p, generator,
+          x=None, entropy_from="sampling"):
+    """The reward model's input e (..., d) at positions whose logits are
+    psi (..., V), and the entropy weights w (...).
+    embedding (V, d): E^R, the reward model's embeddings in the dLLM's order.
+
       q      = softmax(psi / tau)
-      e_soft = sum_i q_i E_i                           the soft relaxation ("expectation")
-      e_hard = E[x], x ~ q (top-p)                     the hard token
-      w      = H(q) / log|V|                           the entropy weight, in [0, 1]
-      e      = e_soft + sg(w * (e_hard - e_soft))      EntRGi (sg: stop-gradient)
-    Its value is (1 - w) e_soft + w e_hard; its gradient always takes the soft path. soft: w = 0; aps: w = 1.
-    x (...): a hard sample to hold fixed. entropy_from "model": w from softmax(psi), as the released scripts do."""
+      e_soft = sum_i q_i E_i                 the soft relaxation
+      e_hard = E[x],  x ~ top-p(q)           a hard token
+      w      = H(q) / log |V|                the entropy weight, in [0, 1]
+      e      = e_soft + sg(w (e_hard - e_soft))    EntRGi; sg: stop-gradient
+
+    e's value is (1 - w) e_soft + w e_hard; its gradient is e_soft's.
+    soft: w = 0. aps (straight-through): w = 1.
+    x: a hard token to hold fixed, instead of a fresh draw.
+    entropy_from="model": w from softmax(psi), as the authors' scripts do.
+    """
     if method not in ("soft", "aps", "entrgi"):
         raise ValueError(f"unknown relaxation {method!r}: choose entrgi, aps or soft")
-    q = torch.softmax(logits.detach() / temperature, -1)                  # (..., V)
+
+    q = torch.softmax(logits.detach() / temperature, -1)     # (..., V)
     e_soft = SoftEmbedding.apply(logits, q, embedding, temperature)
     if method == "soft":
         return e_soft, torch.zeros(q.shape[:-1], device=q.device)
+
     with torch.no_grad():
-        x = top_p_sample(q, top_p, generator) if x is None else x
+        if x is None:
+            x = top_p_sample(q, top_p, generator)
         if method == "aps":
             w = torch.ones(q.shape[:-1], device=q.device)
+        elif entropy_from == "sampling":
+            w = entropy(q) / math.log(q.shape[-1])
         else:
-            p = q if entropy_from == "sampling" else torch.softmax(logits.detach(), -1)
-            w = entropy(p) / math.log(q.shape[-1])
-    e_hard = embedding[x]                                                 # (..., d)
-    return e_soft + (w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)).detach(), w
+            w = entropy(torch.softmax(logits.detach(), -1)) / math.log(q.shape[-1])
+
+    e_hard = embedding[x]                                     # (..., d)
+    step = w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)
+    return e_soft + step.detach(), w
+
 
 class SoftEmbedding(torch.autograd.Function):
-    """e_soft = q @ E, q = softmax(psi / tau), differentiated in psi, its backward written out to run in one (..., V)
-    buffer: d e_soft / d psi_i = q_i (E_i - e_soft) / tau, so grad_psi = q (g - <q, g>) / tau with g = grad_e E^T."""
+    """e_soft = q @ E with q = softmax(psi / tau), differentiable in psi.
+
+    Plain form, left to autograd:
+        e_soft = torch.softmax(psi / tau, -1) @ E
+    Its backward, written out here to use one (..., V) buffer:
+        d e_soft / d psi_i = q_i (E_i - e_soft) / tau
+        grad_psi = q (g - <q, g>) / tau,   g = grad_e E^T
+    """
 
     @staticmethod
     def forward(ctx, psi, q, E, tau):
         ctx.save_for_backward(q, E)
         ctx.tau = tau
-        return q.to(E.dtype) @ E                                          # (..., d)
+        return q.to(E.dtype) @ E                              # (..., d)
 
     @staticmethod
     def backward(ctx, grad_e):
         q, E = ctx.saved_tensors
-        g = (grad_e @ E.T).to(q.dtype)                                    # (..., V)
-        g -= (g.unsqueeze(-2) @ q.unsqueeze(-1)).squeeze(-1)              # <q, g>, without a (..., V) product
-        return g.mul_(q).div_(ctx.tau), None, None, None
+        g = (grad_e @ E.T).to(q.dtype)                        # (..., V)
+
+        # g - <q, g>: the dot product as a matrix product, no (..., V) temporary
+        g -= (g.unsqueeze(-2) @ q.unsqueeze(-1)).squeeze(-1)
+        grad_psi = g.mul_(q).div_(ctx.tau)
+        return grad_psi, None, None, None
+
 
 def entropy(q):
     """H(q) over the last axis, with 0 log 0 = 0."""
     return torch.special.entr(q).sum(-1)
 
+
+def nucleus(q, top_p):
+    """The least probability (...) inside the top-p nucleus of each row of
+    q (..., V), by sorting: a token is in the nucleus where q >= it."""
+    s = q.sort(-1, descending=True).values
+    inside = (s.cumsum(-1) - s) <= top_p       # the more likely mass <= top_p
+    last = inside.sum(-1, keepdim=True) - 1
+    return s.gather(-1, last).squeeze(-1)
+
+
 def top_p_sample(q, top_p, generator, candidates=3):
-    """x ~ q (..., V) restricted to its nucleus (the tokens whose more likely tokens hold at most top_p of the mass,
-    Dream's rule), without sorting and without reading anything back to the host.
-    Plain form: p = q * (q >= nucleus(q, top_p)); x ~ p / p.sum(), by sorting every row.
-    Here each row draws `candidates` tokens from q and keeps the first in the nucleus (rejection: exact);
-    a row missing all, with probability at most (1 - top_p)^candidates, takes the plain form, on a fixed number
-    of such rows (`fallback_rows`: more rows miss at once less often than once in 10^12 draws)."""
+    """x ~ q (..., V) restricted to its top-p nucleus (Dream's rule: the
+    tokens whose more likely tokens hold at most top_p of the mass).
+
+    Plain form, sorting every row:
+        p = q * (q >= nucleus(q, top_p));   x ~ p / p.sum()
+    Here, without sorting: each row draws `candidates` tokens from q and
+    keeps the first inside the nucleus (rejection sampling: exact). A row
+    whose candidates all miss (probability <= (1 - top_p)^candidates)
+    takes the plain form. Room is kept for `fallback_rows` such rows, so
+    nothing is read back to the host.
+    """
     V = q.shape[-1]
-    flat = q.reshape(-1, V)
-    u = uniform(flat.shape[0], candidates + 1, generator, q.device)
-    x = inverse_cdf(flat, u[:, :-1])                                          # (n, C) x ~ q
-    ok = flat.gather(-1, x) > 0
-    if top_p < 1:                                        # the mass more likely than each candidate
-        ok &= mass_above(flat, flat.gather(-1, x)) <= top_p
-    out = x.gather(-1, ok.int().argmax(-1, keepdim=True)).squeeze(-1)         # the first accepted candidate
-    missed = ~ok.any(-1)                                                      # (n,)
-    F = fallback_rows(flat.shape[0], (1 - top_p) ** candidates)
-    at = missed.int().argsort(descending=True, stable=True)[:F]              # (F,) the missed rows first
-    p = flat[at].float()
-    p = torch.where(p >= least_in_nucleus(p, top_p).unsqueeze(-1), p, 0)     # the nucleus, on F rows
-    plain = inverse_cdf(p, u[at, -1:]).squeeze(-1)
-    out = out.scatter(0, at, torch.where(missed[at], plain, out[at]))
+    flat = q.reshape(-1, V)                                   # (n, V)
+    n = flat.shape[0]
+    u = uniform(n, candidates + 1, generator, q.device)      # (n, C + 1)
+
+    # candidates x ~ q, accepted inside the nucleus
+    x = inverse_cdf(flat, u[:, :-1])                          # (n, C)
+    q_x = flat.gather(-1, x)
+    accepted = q_x > 0
+    if top_p < 1:
+        accepted &= mass_above(flat, q_x) <= top_p
+    first = accepted.int().argmax(-1, keepdim=True)
+    out = x.gather(-1, first).squeeze(-1)                     # (n,)
+
+    # the plain form on F rows, the rows that missed first
+    missed = ~accepted.any(-1)                                # (n,)
+    F = fallback_rows(n, (1 - top_p) ** candidates)
+    rows = missed.int().argsort(descending=True, stable=True)[:F]
+    p = flat[rows].float()                                    # (F, V)
+    p = torch.where(p >= least_in_nucleus(p, top_p).unsqueeze(-1), p, 0)
+    plain = inverse_cdf(p, u[rows, -1:]).squeeze(-1)
+    out = out.scatter(0, rows, torch.where(missed[rows], plain, out[rows]))
     return out.view(q.shape[:-1])
 
-def mass_above(p, t):
-    """sum(p[p > t]) (n, C) for rows p (n, V) and thresholds t (n, C), in row blocks that stay in a CPU's
-    cache (the whole tensor at once on a GPU)."""
-    rows = max(1, (2**22 if p.is_cpu else 2**31) // (p.shape[-1] * p.element_size()))
-    above = torch.empty_like(p[:rows])
-    mass = []
-    for p_r, t_r in zip(p.split(rows), t.split(rows)):
-        a = above[: len(p_r)]
-        mass.append(torch.stack([torch.linalg.vecdot(p_r, torch.gt(p_r, t_r[:, c, None], out=a))
-                                 for c in range(t.shape[1])], -1))
-    return torch.cat(mass)
 
 def inverse_cdf(p, u, block=64):
-    """x (n, C) with P(x = i) = p_i / sum(p) for rows p (n, V) >= 0 and uniforms u (n, C) in [0, 1).
-    Plain form: searchsorted(p.cumsum(-1), u * p.sum(-1), right=True). Here the cumulative sum runs over
-    blocks of `block` tokens, then inside the one block each draw lands in (a CPU's cumsum is slow)."""
+    """x (n, C) with P(x = i) = p_i / sum(p), for rows p (n, V) >= 0 and
+    uniforms u (n, C) in [0, 1).
+
+    Plain form:
+        torch.searchsorted(p.cumsum(-1), u * p.sum(-1), right=True)
+    Here the cumulative sum runs over blocks of `block` tokens, then inside
+    the block a draw lands in: a CPU's cumsum over |V| is slow.
+    """
     n, V = p.shape
-    if V <= 64 * block:                                  # a small vocabulary: the plain form is cheap
+    if V <= 64 * block:                       # a small vocabulary: the plain form
         cdf = p.cumsum(-1)
         target = (u.to(cdf.dtype) * cdf[:, -1:]).contiguous()
         return torch.searchsorted(cdf, target, right=True).clamp_(max=V - 1)
+
+    # the block each draw lands in
     cut = V - V % block
-    sums = p[:, :cut].unflatten(1, (-1, block)).sum(-1)                     # (n, V // block)
-    sums = torch.cat([sums, p[:, cut:].sum(-1, keepdim=True)], 1)            # the last, shorter block
+    sums = p[:, :cut].unflatten(1, (-1, block)).sum(-1)       # (n, V // block)
+    rest = p[:, cut:].sum(-1, keepdim=True)                   # a last, shorter block
+    sums = torch.cat([sums, rest], 1)
     cdf = sums.cumsum(-1)
-    target = u.to(cdf.dtype) * cdf[:, -1:]                                   # (n, C)
-    j = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[1] - 1)
-    start = j * block                                                        # (n, C) first token of the block
-    positions = start.unsqueeze(-1) + torch.arange(block, device=p.device)   # (n, C, block)
-    inside = p.gather(1, positions.clamp(max=V - 1).flatten(1)).view(positions.shape)
-    inside = torch.where(positions < V, inside, 0)                           # past the vocabulary: no mass
-    before = cdf.gather(1, j) - sums.gather(1, j)                            # the mass before the block
-    k = torch.searchsorted(inside.cumsum(-1), (target - before).unsqueeze(-1), right=True)
-    return (start + k.squeeze(-1).clamp_(max=block - 1)).clamp_(max=V - 1)
+    target = u.to(cdf.dtype) * cdf[:, -1:]                    # (n, C)
+    j = torch.searchsorted(cdf, target, right=True)
+    j = j.clamp_(max=cdf.shape[1] - 1)
+
+    # the token inside that block
+    start = j * block                                         # (n, C)
+    positions = start.unsqueeze(-1) + torch.arange(block, device=p.device)
+    inside = p.gather(1, positions.clamp(max=V - 1).flatten(1))
+    inside = inside.view(positions.shape)                     # (n, C, block)
+    inside = torch.where(positions < V, inside, 0)            # past |V|: no mass
+    before = cdf.gather(1, j) - sums.gather(1, j)             # the mass before it
+    rest_target = (target - before).unsqueeze(-1)
+    i = torch.searchsorted(inside.cumsum(-1), rest_target, right=True)
+    x = start + i.squeeze(-1).clamp_(max=block - 1)
+    return x.clamp_(max=V - 1)
+
+
+CPU_CACHE_BYTES = 2**22     # mass_above works in row blocks of about this size
+GPU_BLOCK_BYTES = 2**31     # on a GPU: every row at once, up to this size
+
+
+def mass_above(p, t):
+    """sum(p[p > t]) (n, C), for rows p (n, V) and thresholds t (n, C).
+
+    Plain form: ((p[:, None, :] > t[..., None]) * p[:, None, :]).sum(-1)
+    Here one threshold at a time, in row blocks that stay in a CPU's cache.
+    """
+    budget = CPU_CACHE_BYTES if p.is_cpu else GPU_BLOCK_BYTES
+    rows = max(1, budget // (p.shape[-1] * p.element_size()))
+    above = torch.empty_like(p[:rows])                        # one reused buffer
+    mass = []
+    for p_r, t_r in zip(p.split(rows), t.split(rows)):
+        a = above[: len(p_r)]
+        per_threshold = []
+        for c in range(t.shape[1]):
+            torch.gt(p_r, t_r[:, c, None], out=a)
+            per_threshold.append(torch.linalg.vecdot(p_r, a))
+        mass.append(torch.stack(per_threshold, -1))
+    return torch.cat(mass)
+
+
+FP32_INF_BITS = 0x7F800000  # +inf as an int32: fp32 bits order like values >= 0
+
 
 def least_in_nucleus(p, top_p):
-    """nucleus(p, top_p) for fp32 rows p (r, V) without sorting: the least t with sum(p[p > t]) <= top_p, by
-    bisection on the bit patterns of fp32 (ordered as the values, for t >= 0): 31 halvings find it exactly."""
-    lo = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)          # the mass above lo: > top_p
-    hi = torch.full_like(lo, 0x7F800000)                                       # +inf: the mass above is 0
+    """nucleus(p, top_p) for fp32 rows p (r, V), without sorting.
+
+    The least t with sum(p[p > t]) <= top_p, by bisection on the bit
+    patterns of fp32 (for t >= 0 they order as the values do): 31 halvings
+    find it exactly.
+    """
+    lo = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
+    hi = torch.full_like(lo, FP32_INF_BITS)     # the mass above lo: > top_p; hi: <=
     for _ in range(31):
         mid = lo + (hi - lo) // 2
-        inside = mass_above(p, mid.view(torch.float32)[:, None]).squeeze(-1) <= top_p
+        t = mid.view(torch.float32)[:, None]
+        inside = mass_above(p, t).squeeze(-1) <= top_p
         hi = torch.where(inside, mid, hi)
         lo = torch.where(inside, lo, mid)
     return hi.view(torch.float32)
 
+
 def fallback_rows(n, p_miss, rare=1e-12):
-    """The least F for which more than F of n rows, each missing with probability at most p_miss, miss
-    at once less often than `rare`, by Chernoff's bound P(X >= F) <= exp(-mu) (e mu / F)^F, mu = n p_miss."""
+    """The least F such that more than F of n rows, each missing with
+    probability at most p_miss, miss at once less often than `rare`.
+    Chernoff's bound: P(X >= F) <= exp(-mu) (e mu / F)^F, mu = n p_miss.
+    """
     mu = n * p_miss
     F = math.floor(mu) + 1
-    while F < n and -mu + F * (1 + math.log(max(mu, 1e-300) / F)) > math.log(rare):
+
+    def log_bound(F):
+        return -mu + F * (1 + math.log(max(mu, 1e-300) / F))
+
+    while F < n and log_bound(F) > math.log(rare):
         F += 1
     return min(F, n)
 
-def nucleus(q, top_p):
-    """The least probability (...) in the top-p nucleus of each row of q (..., V): a token is in where q >= it."""
-    s = q.sort(-1, descending=True).values
-    return s.gather(-1, ((s.cumsum(-1) - s) <= top_p).sum(-1, keepdim=True) - 1).squeeze(-1)
 
 def uniform(rows, cols, generator, device):
-    """(rows, cols) uniforms; generator: one, or one a prompt, each drawing its own block of rows (see `sample`)."""
-    gens = generator if isinstance(generator, (list, tuple)) else [generator]
-    return torch.cat([torch.rand((rows // len(gens), cols), generator=g, device=device) for g in gens])
+    """(rows, cols) uniforms in [0, 1). generator: one, or one per prompt,
+    each drawing its own block of rows (see `sample`)."""
+    generators = generator if isinstance(generator, (list, tuple)) else [generator]
+    per = rows // len(generators)
+    draws = [torch.rand((per, cols), generator=g, device=device) for g in generators]
+    return torch.cat(draws)
 
+
+# -----------------------------------------------------------------------------
 # 2. The reward bridge: dLLM tokens -> reward-model embeddings -> R
 
+
 def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
-    """(vocab_size,) RM ids of the dLLM's tokens by identical string (else unk or eos), and the fraction found."""
+    """The reward model's id of each dLLM token (vocab_size,), matched by
+    identical string (else unk or eos), and the fraction found."""
     rm_vocab = rm_tokenizer.get_vocab()
     tokens = dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
     ids = torch.full((vocab_size,), -1, dtype=torch.long)
     ids[: len(tokens)] = torch.tensor([rm_vocab.get(t, -1) for t in tokens])
     found = int((ids >= 0).sum())
+    share = found / len(tokens)
+
     if verbose:
-        print(f"vocabulary map: {found} of the dLLM's {len(tokens)} tokens ({found / len(tokens):.2%}) found in the "
-              "reward model's vocabulary", file=sys.stderr)
+        print(f"vocabulary map: {found} of the dLLM's {len(tokens)} tokens ({share:.2%}) "
+              "found in the reward model's vocabulary", file=sys.stderr)
     if found < 0.9 * len(tokens):
-        warnings.warn(f"only {found / len(tokens):.1%} of the dLLM's tokens exist in the reward model's vocabulary: "
-                      "the reward model will see many unknown tokens", stacklevel=2)
-    fallbacks = (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id, 0)
+        warnings.warn(f"only {share:.1%} of the dLLM's tokens exist in the reward model's "
+                      "vocabulary: the reward model will see many unknown tokens", stacklevel=2)
+
+    fallbacks = (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id,
+                 rm_tokenizer.pad_token_id, 0)
     fallback = next(i for i in fallbacks if i is not None)
-    return ids.masked_fill(ids < 0, fallback), found / len(tokens)
+    return ids.masked_fill(ids < 0, fallback), share
+
 
 def rm_chat(rm_tokenizer, prompt, response):
     """The reward model's chat text for one (prompt, response) pair."""
-    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    turns = [{"role": "user", "content": prompt},
+             {"role": "assistant", "content": response}]
     return rm_tokenizer.apply_chat_template(turns, tokenize=False)
 
-SLOT = "ENTRGIRESPONSESLOT"
+
+SLOT = "ENTRGIRESPONSESLOT"     # a stand-in reply, to split the chat template at
+
 
 def rm_slots(rm_tokenizer, prompts):
-    """RM token ids before and after the response slot of the chat template: (prefixes, suffixes), a list each."""
+    """The reward model's token ids before and after the reply in each
+    prompt's chat: (prefixes, suffixes), a list each."""
     parts = [rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT) for prompt in prompts]
     if any(len(p) != 2 or not p[1] for p in parts):
-        raise ValueError("the reward model's chat template does not place the reply verbatim, once, with text after "
-                         "it (where the score is read): use a reward model whose template does")
-    ids = [[rm_tokenizer(s, add_special_tokens=False)["input_ids"] for s in p] for p in parts]
-    return [p for p, _ in ids], [s for _, s in ids]
+        raise ValueError("the reward model's chat template does not place the reply verbatim, "
+                         "once, with text after it (where the score is read): use a reward "
+                         "model whose template does")
+
+    def ids(text):
+        return rm_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return [ids(before) for before, _ in parts], [ids(after) for _, after in parts]
+
 
 def stripped_ids(dllm_tokenizer, rm_tokenizer):
-    """dLLM token ids that the reward model's chat template removes from the start of a reply: the newline
-    tokens (of runs of up to 32 newlines) where the template strips leading newlines (Qwen3's does)."""
+    """dLLM token ids that the reward model's chat template removes from the
+    start of a reply: the newline tokens (of up to 32 newlines in a row),
+    where the template strips leading newlines (Qwen3's does)."""
     if rm_chat(rm_tokenizer, "x", "\n" + SLOT) != rm_chat(rm_tokenizer, "x", SLOT):
         return []
-    ids = {i for n in range(1, 33) for i in dllm_tokenizer("\n" * n, add_special_tokens=False)["input_ids"]}
+    ids = set()
+    for n in range(1, 33):
+        ids.update(dllm_tokenizer("\n" * n, add_special_tokens=False)["input_ids"])
     return sorted(i for i in ids if set(dllm_tokenizer.decode([i])) == {"\n"})
 
+
 def reads(tokens, end_ids, lead_ids=None):
-    """(N, L) -> (N, L) bool: what a reader of the responses sees: the positions before the first end token
-    (the reward model's template closes the turn itself), less a run of lead_ids at the start (it strips them)."""
+    """(N, L) bool: the positions of tokens (N, L) a reader of the replies
+    sees: those before the first end token (the chat template closes the
+    turn itself), less a run of lead_ids at the start (it strips those)."""
     seen = torch.isin(tokens, end_ids).cumsum(-1) == 0
     if lead_ids is not None and len(lead_ids):
         seen &= torch.isin(tokens, lead_ids).cumprod(-1) == 0
     return seen
 
+
 def left_pad(rows, pad_id, device):
-    """List of id lists -> (B, T) ids, left-padded, and (B, T) bool: True at real tokens."""
-    T = max(map(len, rows))
-    ids = torch.tensor([[pad_id] * (T - len(r)) + r for r in rows], dtype=torch.long, device=device)
-    return ids, torch.tensor([[False] * (T - len(r)) + [True] * len(r) for r in rows], device=device)
+    """Lists of ids -> ids (N, width), left-padded, and a bool (N, width),
+    True at the real tokens."""
+    width = max(map(len, rows))
+    padded = [[pad_id] * (width - len(r)) + r for r in rows]
+    real = [[False] * (width - len(r)) + [True] * len(r) for r in rows]
+    ids = torch.tensor(padded, dtype=torch.long, device=device)
+    return ids, torch.tensor(real, device=device)
+
 
 def attention_bias(valid, causal, dtype, past=None):
-    """(B, T) bool -> (B, 1, T, P + T) additive mask hiding padding keys (every query sees itself: no row is all
-    masked, no NaN); past (B, P): cached keys in front, seen by every query."""
+    """valid (N, T) bool -> an additive mask (N, 1, T, P + T) that hides the
+    padding keys. Every query sees itself, so no row is all hidden (no NaN).
+    past (N, P) bool: cached keys in front, seen by every query."""
     T = valid.shape[1]
-    allowed = valid[:, None, None, :]                                    # (B, 1, 1, T) keys
+    allowed = valid[:, None, None, :]                         # (N, 1, 1, T) the keys
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
     if past is not None:
         allowed = torch.cat([past[:, None, None, :].expand(-1, 1, T, -1), allowed], -1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
 
 def cache_keyword(model):
-    """The name a forward gives its key/value cache: `cache` from transformers 5.24, `past_key_values` before
-    (read from the signature: 5.0-5.23 would swallow `cache` in **kwargs)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The name of a forward's key/value cache argument: `cache` from
+    transformers 5.24, `past_key_values` before. Read from the signature
+    (5.0-5.23 would swallow `cache` in **kwargs, unused)."""
+    takes_cache = "cache" in inspect.signature(model.forward).parameters
+    return "cache" if takes_cache else "past_key_values"
+
 
 def new_cache(config, layers=None):
-    """A DynamicCache: empty, or holding `layers` (keys, values a layer). Its constructor takes the model's
-    config from transformers 4.56 (and 5.x wants it for an empty one); before, it takes none."""
+    """A DynamicCache, empty or holding `layers` (keys, values per layer).
+    Its constructor takes the model's config from transformers 4.56 (5.x
+    needs it for an empty one); before 4.56 it takes none."""
     from transformers import DynamicCache
     if layers is not None:
         return DynamicCache(layers)
     takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
     return DynamicCache(config=config) if takes_config else DynamicCache()
 
-def rm_score(rm, x, valid, past_valid=None, past_kv=None, body=None):
-    """R for reward-model input embeddings x (N, T, d), valid (N, T) marking real positions (padding anywhere but
-    last; position ids count real tokens only). past_valid (N, P), past_kv (keys, values a layer): a cached prefix.
-    R is the score head on the last position's hidden state, where transformers' classifier pools.
-    body: rm.base_model, or a compiled form of it."""
+
+def rm_score(rm, e, valid, past_valid=None, past_kv=None, body=None):
+    """R (N,) for the reward model's input embeddings e (N, T, d).
+
+    valid (N, T): the real positions (padding may be anywhere but last;
+    position ids count the real tokens only). past_valid (N, P) and
+    past_kv (keys, values per layer): a cached prefix. R is the score head
+    on the last position's hidden state, where transformers' classifier
+    pools. body: rm.base_model, or a compiled form of it.
+    """
     start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
     position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
-    bias = attention_bias(valid, causal=True, dtype=x.dtype, past=past_valid)
+    bias = attention_bias(valid, causal=True, dtype=e.dtype, past=past_valid)
+    cache = {}
+    if past_kv is not None:
+        cache = {cache_keyword(rm.base_model): new_cache(rm.config, past_kv)}
+
     body = rm.base_model if body is None else body
-    cache = {} if past_kv is None else {cache_keyword(rm.base_model): new_cache(rm.config, past_kv)}
-    h = body(inputs_embeds=x, attention_mask=bias, position_ids=position_ids, use_cache=bool(cache), **cache)
-    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()       # (N,)
+    h = body(inputs_embeds=e, attention_mask=bias, position_ids=position_ids,
+             use_cache=bool(cache), **cache)
+    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()
+
+
+def prefix_cache(rm, prefix, K):
+    """The keys and values of a chat prefix (a list of ids), for K rows."""
+    E = rm.get_input_embeddings().weight
+    ids = torch.tensor([prefix], device=E.device)             # (1, P)
+    every = torch.ones_like(ids, dtype=torch.bool)
+    bias = attention_bias(every, causal=True, dtype=E.dtype)
+    cache = new_cache(rm.config)
+    with torch.no_grad():
+        rm.base_model(inputs_embeds=E[ids], attention_mask=bias,
+                      position_ids=every.cumsum(1) - 1, use_cache=True,
+                      **{cache_keyword(rm.base_model): cache})
+    return [(k.expand(K, -1, -1, -1), v.expand(K, -1, -1, -1)) for k, v, *_ in cache]
+
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=(), compile=False):
-    """reward(e (N, n, d), tokens (N, n), widths=None) -> R (N,), N = len(prefixes) * K, prompt-major: R reads
-    the prompt's chat prefix, e where `reads(tokens, end_ids, lead_ids)`, the suffix. n <= L: the caller may
-    pass the first n positions when no row reads past them (R is the same); widths (host ints, one per prompt):
-    the same, per prompt (`sample` passes what revealed tokens bound). Each prompt's K rows run on their own,
-    unpadded, so a prompt's R does not depend on the prompts beside it. Prefixes' keys and values are
-    computed once. compile: torch.compile the reward model's body, its length dynamic."""
+    """The reward callable for `sample`: reward(e, tokens, widths=None) -> R.
+
+    e (N, n, d), tokens (N, n), N = len(prefixes) * K rows, prompt-major.
+    R (N,) reads the prompt's chat prefix, then e where
+    `reads(tokens, end_ids, lead_ids)`, then the suffix. n <= L: a caller
+    may pass the first n positions when no row reads past them (R is the
+    same); widths (host ints, one per prompt): the same, per prompt.
+    Each prompt's K rows run on their own, unpadded, so a prompt's R does
+    not depend on its batch. The prefixes' keys and values are computed
+    once. compile: torch.compile the reward model's body (dynamic length).
+    """
     E = rm.get_input_embeddings().weight
-    end_ids, lead_ids = (torch.as_tensor(i, dtype=torch.long, device=E.device) for i in (end_ids, lead_ids))
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
+    lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
     body = torch.compile(rm.base_model, dynamic=True) if compile else rm.base_model
-    prompts = []
+
+    prompts = []                          # per prompt: its prefix's cache, the suffix
     for prefix, suffix in zip(prefixes, suffixes):
-        pre = torch.tensor([prefix], device=E.device)                    # (1, P)
-        every = torch.ones_like(pre, dtype=torch.bool)
-        with torch.no_grad():
-            cache = new_cache(rm.config)
-            rm.base_model(inputs_embeds=E[pre], attention_mask=attention_bias(every, causal=True, dtype=E.dtype),
-                          position_ids=every.cumsum(1) - 1, use_cache=True, **{cache_keyword(rm.base_model): cache})
-        past = [(k.expand(K, -1, -1, -1), v.expand(K, -1, -1, -1)) for k, v, *_ in cache]
-        e_suf = E[torch.tensor(suffix, device=E.device)].expand(K, -1, -1)   # (K, S, d)
-        prompts.append((past, torch.ones(K, len(prefix), dtype=torch.bool, device=E.device), e_suf))
+        past = prefix_cache(rm, prefix, K)
+        past_valid = torch.ones(K, len(prefix), dtype=torch.bool, device=E.device)
+        e_suffix = E[torch.tensor(suffix, device=E.device)].expand(K, -1, -1)   # (K, S, d)
+        prompts.append((past, past_valid, e_suffix))
+
     def reward(e, tokens, widths=None):
         R = []
-        for i, (past, past_valid, e_suf) in enumerate(prompts):
+        for i, (past, past_valid, e_suffix) in enumerate(prompts):
             n = e.shape[1] if widths is None else widths[i]
             rows = slice(i * K, (i + 1) * K)
-            seen = reads(tokens[rows, :n], end_ids, lead_ids)            # (K, n)
-            x = torch.cat([e[rows, :n].to(E.dtype), e_suf], 1)           # (K, n + S, d) after the cached prefix
-            valid = torch.cat([seen, torch.ones(e_suf.shape[:2], dtype=torch.bool, device=E.device)], 1)
-            R.append(rm_score(rm, x, valid, past_valid, past, body))
+            seen = reads(tokens[rows, :n], end_ids, lead_ids)      # (K, n)
+            suffix_valid = torch.ones(e_suffix.shape[:2], dtype=torch.bool, device=E.device)
+            e_rows = torch.cat([e[rows, :n].to(E.dtype), e_suffix], 1)   # (K, n + S, d)
+            valid = torch.cat([seen, suffix_valid], 1)
+            R.append(rm_score(rm, e_rows, valid, past_valid, past, body))
         return torch.cat(R)
+
     return reward
+
 
 @torch.no_grad()
 def score_texts(rm, rm_tokenizer, prompts, responses):
-    """R(prompt, response) on text, re-tokenized by the reward model's own tokenizer."""
+    """R(prompt, response) on text, tokenized by the reward model's own
+    tokenizer."""
     chats = [rm_chat(rm_tokenizer, p, r) for p, r in zip(prompts, responses)]
     rows = [rm_tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
     E = rm.get_input_embeddings().weight
-    ids, valid = left_pad(rows, 0, E.device)                            # any pad id: padding is masked out
-    return rm_score(rm, E[ids], valid)                                   # left-padded: the last position is real
+    ids, valid = left_pad(rows, 0, E.device)      # any pad id: padding is masked out
+    return rm_score(rm, E[ids], valid)            # left-padded: the last position is real
 
+
+# -----------------------------------------------------------------------------
 # 3. The guided step (Algorithm 1, lines 2-3)
 
-def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999), eps=1e-8,
-          width=None, overwrite=False):
-    """Algorithm 1, lines 2-3: M Adam steps on psi, the logits (N, m, V) fp32 at the masked
-    positions idx (N, m) of y (N, L), up the reward (loss = -sum_n R_n).
 
-    Returns psi and the count (a tensor: no host sync) of updates whose reward or gradient
-    was not finite; those get a zero gradient.
-    width: the reward reads the first `width` positions only (no row reads further); a list:
-    one width per prompt, passed as reward(e, tokens, widths).
-    overwrite: build psi in logits' own memory (one (N, m, V) tensor fewer).
-    Alive at once: psi, Adam's two moments, q and one working tensor."""
+def guide(logits, y, idx, reward, embedding, cfg, generator,
+          betas=(0.9, 0.999), eps=1e-8, width=None, overwrite=False):
+    """Algorithm 1, lines 2-3: M Adam steps on psi up the reward.
+
+    logits (N, m, V) fp32: the denoiser's, at the masked positions
+    idx (N, m) of y (N, L). The loss is -sum_n R_n. Returns psi and the
+    number of updates whose reward or gradient was not finite (a tensor,
+    not read back); those updates use a zero gradient.
+    width: the reward reads the first `width` positions only (no row reads
+    further); a list: one width per prompt, as reward(e, tokens, widths).
+    overwrite: build psi in the logits' own memory (one tensor fewer).
+    """
     # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
     psi = logits.detach() if overwrite else logits.detach().clone()
     psi = psi.contiguous().requires_grad_(True)
-    moment1 = torch.zeros_like(psi)                                  # Adam's moments
+    moment1 = torch.zeros_like(psi)                           # Adam's moments
     moment2 = torch.zeros_like(psi)
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
 
-    # the reward model reads E^R[token] where revealed and e (the relaxation) where masked
-    e_known = embedding[y.scatter(1, idx, 0)]                        # (N, L, d)
-    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])     # (N, m, d)
+    # the reward model reads E^R[token] where revealed, e where masked
+    e_known = embedding[y.scatter(1, idx, 0)]                 # (N, L, d)
+    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])   # (N, m, d)
     n = y.shape[1]
     per_prompt = {}
     if isinstance(width, list):
@@ -391,137 +566,164 @@ def guide(logits, y, idx, reward, embedding, cfg, generator, betas=(0.9, 0.999),
     for step in range(1, cfg.M + 1):
         e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
                      entropy_from=cfg.entropy_from)
-        e_all = e_known.scatter(1, at_idx, e)                        # (N, L, d)
-        tokens = y.scatter(1, idx, psi.detach().argmax(-1))          # masked: read as argmax psi
-        R = reward(e_all[:, :n], tokens[:, :n], **per_prompt)        # (N,)
+        e_all = e_known.scatter(1, at_idx, e)                 # (N, L, d)
+        tokens = y.scatter(1, idx, psi.detach().argmax(-1))   # masked: argmax psi
+        R = reward(e_all[:, :n], tokens[:, :n], **per_prompt)    # (N,)
         g, = torch.autograd.grad(-R.sum(), psi)
 
         with torch.no_grad():
-            ok = (R + g.sum((1, 2))).isfinite()                      # (N,) rows with a finite update
-            skipped += (~ok).sum()
-            g.masked_fill_(~ok[:, None, None], 0.0)
+            finite = (R + g.sum((1, 2))).isfinite()          # (N,) rows to update
+            skipped += (~finite).sum()
+            g.masked_fill_(~finite[:, None, None], 0.0)
             adam_step(psi, g, moment1, moment2, step, cfg.lr, betas, eps)
-        del g                                                        # freed before the next forward
+        del g                                     # freed before the next forward
+
     return psi.detach(), skipped
 
+
 def adam_step(psi, g, moment1, moment2, step, lr, betas, eps):
-    """One step of torch.optim.Adam on psi, in place (g's memory then holds the denominator).
-    Plain form, t = step:
+    """One step of torch.optim.Adam on psi, in place; g's memory then holds
+    the denominator. Plain form, t = step:
+
         moment1 = b1 moment1 + (1 - b1) g
         moment2 = b2 moment2 + (1 - b2) g^2
-        psi -= lr (moment1 / (1 - b1^t)) / (sqrt(moment2 / (1 - b2^t)) + eps)"""
+        psi -= lr (moment1 / (1 - b1^t)) / (sqrt(moment2 / (1 - b2^t)) + eps)
+    """
     moment1.lerp_(g, 1 - betas[0])
     moment2.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-    c1 = 1 - betas[0] ** step                                        # the bias corrections
+
+    c1 = 1 - betas[0] ** step                             # the bias corrections
     c2 = math.sqrt(1 - betas[1] ** step)
-    denominator = torch.sqrt(moment2, out=g).add_(eps * c2)          # sqrt(moment2) + eps c2
+    denominator = torch.sqrt(moment2, out=g).add_(eps * c2)   # sqrt(moment2) + eps c2
     psi.addcdiv_(moment1, denominator, value=-lr * c2 / c1)
 
+
+# -----------------------------------------------------------------------------
 # 4. The sampler (Algorithm 1)
 
-def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, progress=False, y0=None,
-           on_step=None):
-    """Reward-guided masked diffusion (Algorithm 1), len(seeds) prompts x K trajectories,
-    prompt-major: y (N, L) and the count of skipped guidance updates. denoiser(y (N, L)) ->
-    logits (N, L, V), row l predicting token l; reward(e (N, n, d), tokens (N, n)) -> R (N,);
-    embedding (V, d): E^R in the dLLM's order. y0 (N, L): a start (default: all masked);
-    on_step(k, y, likely) after each step that reveals tokens. The mask is never revealed;
-    nothing in the loop waits for the device."""
+GUIDE_STREAM = 7919  # guidance's generators are seeded seed + this (a prime)
+EOS_LAST = 1e4       # lowers a drawn end token's confidence below all others
+
+
+def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg,
+           progress=False, y0=None, on_step=None):
+    """Algorithm 1: y (N, L), N = len(seeds) prompts x K, and the number of
+    guidance updates skipped. denoiser(y) -> logits (N, L, V), row l
+    predicting token l; reward(e (N, n, d), tokens (N, n)) -> R (N,);
+    embedding (V, d): E^R. y0: the start (default: all masked);
+    on_step(k, y, likely) follows each step that reveals tokens."""
     device = embedding.device
-    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]      # one per prompt; guidance
-    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]   # apart
+    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]    # one per prompt
+    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     y = y0.clone() if y0 is not None else torch.full(
         (len(seeds) * cfg.K, cfg.L), mask_id, dtype=torch.long, device=device)
-    counts = reveal_counts(y0, mask_id, cfg)                         # tokens revealed at each step
+    counts = reveal_counts(y0, mask_id, cfg)          # tokens revealed at each step
     read_end = read_limit(eos_ids, cfg.L, cfg.K, len(seeds))
     skipped = torch.zeros((), dtype=torch.long, device=device)
 
     for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
-        if counts[k] == 0:                           # nothing is revealed at this step: skip it whole
+        if counts[k] == 0:                   # nothing to reveal: skip the step
             continue
-        m = sum(counts[k:])                          # masked positions, the same in every row
-        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]        # (N, m) masked, in order
+        m = sum(counts[k:])                  # masked positions, as many in every row
+        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]    # (N, m)
 
         # line 1: the denoiser's logits at the masked positions
-        logits = masked_logits(denoiser, y, idx, mask_id)                    # (N, m, V)
-        q = torch.softmax(logits / cfg.temperature, -1)      # the unguided step distribution
-        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)               # line 5's, from q
+        logits = masked_logits(denoiser, y, idx, mask_id)    # (N, m, V)
+        q = torch.softmax(logits / cfg.temperature, -1)      # the unguided step
+        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)   # for line 5
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
 
-        # lines 2-3: guidance moves psi (it holds its own (N, m, V) tensors)
+        # lines 2-3: guidance moves psi; q follows it
         if cfg.guided and k % cfg.guide_every == 0:
-            del q
+            del q                            # guide needs the memory
             psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide,
                            width=read_end(takes_widths(reward)), overwrite=True)
             skipped += s
             q = torch.softmax(psi / cfg.temperature, -1)
 
         # line 4: candidates x0 ~ q, top-p
-        x0 = top_p_sample(q, cfg.top_p, gen_x)                               # (N, m)
+        x0 = top_p_sample(q, cfg.top_p, gen_x)                # (N, m)
 
-        # line 5: which positions to reveal
-        reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)  # (N, counts[k])
+        # line 5: the positions to reveal, the most confident first
+        reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)
 
         # line 6: write the revealed tokens; they never change again
         y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))
         read_end.update(y)
         if on_step:
             on_step(k, y, likely)
+
     return y, skipped
 
+
 def masked_logits(denoiser, y, idx, mask_id):
-    """The denoiser's logits (N, m, V) at the masked positions idx (N, m), in a copy whose mask token
-    is never proposed (a mask id past the vocabulary, as the toy's, has no logit)."""
-    logits = denoiser(y)                                                     # (N, L, V)
-    logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    """The denoiser's logits (N, m, V) at the masked positions idx (N, m),
+    the mask token's set to -inf (a mask id past |V|, as the toy's, has
+    no logit)."""
+    logits = denoiser(y)                                      # (N, L, V)
+    at = idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    logits = logits.gather(1, at)                             # a copy
     if mask_id < logits.shape[-1]:
         logits[..., mask_id] = -math.inf
     return logits
 
+
 def most_confident(order, x0, idx, count, k, eos_ids, cfg):
-    """Line 5: the `count` positions (N, count) of the m to reveal at step k: the most confident by
-    `order` (N, m) (for "probability", (N, m, V), read at the token drawn), a sampled end token after
-    every other (eos_last), positions of the current block only."""
+    """Line 5: which `count` of the m masked positions to reveal at step k,
+    as indices (N, count) into idx. The most confident by `order` (N, m);
+    for "probability", order (N, m, V) is read at the token drawn. A drawn
+    end token comes after all others (eos_last); only the current block."""
     if cfg.remasking == "probability":
         order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     if cfg.eos_last:
         order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
+
     block = cfg.block_length or cfg.L
-    current = k * (cfg.L // block) // cfg.T
+    current = k * (cfg.L // block) // cfg.T                  # blocks share T evenly
     order = order.masked_fill(idx // block != current, -math.inf)
     return order.topk(count, -1).indices
 
+
 def reveal_counts(y0, mask_id, cfg):
-    """The tokens revealed at each of the T steps: `schedule` in each block, blocks left to right.
-    A y0 given is read on the host, once, before the loop."""
+    """The tokens revealed at each of the T steps: `schedule` in each block,
+    blocks left to right. A y0 given is read on the host, once."""
     block = cfg.block_length or cfg.L
+    blocks = cfg.L // block
+    steps = cfg.T * block // cfg.L                            # per block
     if y0 is None:
-        return [c for _ in range(cfg.L // block) for c in schedule(cfg.T * block // cfg.L, block, cfg.schedule)]
-    per_block = (y0 == mask_id).view(y0.shape[0], cfg.L // block, block).sum(-1).tolist()
-    if any(row != per_block[0] for row in per_block):
-        raise ValueError("every row of y0 needs as many masked positions as the others, in every block")
-    return [c for n in per_block[0] for c in schedule(cfg.T * block // cfg.L, n, cfg.schedule)]
+        return [c for _ in range(blocks) for c in schedule(steps, block, cfg.schedule)]
+
+    masked = (y0 == mask_id).view(y0.shape[0], blocks, block).sum(-1).tolist()
+    if any(row != masked[0] for row in masked):
+        raise ValueError("every row of y0 needs as many masked positions as the others, "
+                         "in every block")
+    return [c for n in masked[0] for c in schedule(steps, n, cfg.schedule)]
+
 
 def takes_widths(reward):
-    """Whether reward(e, tokens, widths) takes one read width per prompt (make_reward's does)."""
+    """Whether reward(e, tokens, widths) takes one width per prompt, as
+    make_reward's does."""
     try:
         return "widths" in inspect.signature(reward).parameters
-    except (TypeError, ValueError):                      # a callable without a signature
+    except (TypeError, ValueError):                 # a callable without a signature
         return False
 
-GUIDE_STREAM = 7919     # guidance's generators are seeded seed + this (a prime), apart from the sampler's
-EOS_LAST = 1e4          # subtracted from a sampled end token's confidence: below any other (|log q| < 1e4)
 
 def read_limit(eos_ids, L, K, prompts):
-    """Where the rows of each prompt (K rows each) stop reading: limit() -> [n, ...], one per prompt
-    (limit(False): their max); no row of the prompt reads position n or later. n is the latest first
-    revealed end token of its rows: revealed tokens never change, so a bound from an earlier step
-    holds. limit.update(y) starts copying y's bounds to the host without waiting; limit() takes the
-    bounds of the update before the newest (L before it): a copy made a step ago has long arrived,
-    and which bounds a step uses never depends on timing. With torch's deterministic algorithms on,
-    limit() waits for that copy if it has not arrived; otherwise it keeps the older bounds."""
+    """How far each prompt's K rows read: limit() -> [n, ...], one per
+    prompt (limit(False): their max); no row reads position n or later.
+
+    n is the latest first end token among the prompt's rows. Revealed
+    tokens never change, so a bound from an earlier step still holds.
+    limit.update(y) starts copying y's bounds to the host, without waiting;
+    limit() uses the update before the newest (L before any): that copy has
+    long arrived, and which bounds a step uses never depends on timing.
+    Under torch's deterministic algorithms limit() waits for it if it has
+    not; otherwise it keeps the older bounds.
+    """
     state = {"n": [L] * prompts, "pending": []}
+
     def limit(per_prompt=True):
         while len(state["pending"]) > 1:
             host, done = state["pending"][0]
@@ -529,11 +731,12 @@ def read_limit(eos_ids, L, K, prompts):
                 if not torch.are_deterministic_algorithms_enabled():
                     break
                 done.synchronize()
-            state["n"] = [int(n) for n in host.numpy()]                  # a host tensor: no device read
+            state["n"] = [int(n) for n in host.numpy()]        # a host tensor
             state["pending"].pop(0)
         return state["n"] if per_prompt else max(state["n"])
+
     def update(y):
-        ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)              # (prompts,) the latest first end
+        ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)    # (prompts,)
         if y.is_cpu:
             state["pending"].append((ends, None))
             return
@@ -542,57 +745,87 @@ def read_limit(eos_ids, L, K, prompts):
         done = torch.cuda.Event()
         done.record()
         state["pending"].append((host, done))
+
     limit.update = update
     return limit
 
-def schedule(T, L, kind="dream"):
-    """Tokens revealed at each of T steps, L in all. dream: floor(n_masked (1 - t_{k+1} / t_k)), t = linspace(1,
-    1e-3, T + 1), the rest at the last step (Dream's); linear: L // T, one more in the first L % T (LLaDA's)."""
+
+def schedule(T, n, kind="dream"):
+    """The tokens revealed at each of T steps, n in all.
+    dream: floor(masked (1 - t_{k+1} / t_k)) with t = linspace(1, 1e-3, T + 1),
+           the rest at the last step (Dream's).
+    linear: n // T per step, one more in the first n % T (LLaDA's)."""
     if kind == "linear":
-        return [L // T + (k < L % T) for k in range(T)]
-    t, counts = torch.linspace(1, 1e-3, T + 1, device="cpu"), []          # on the host, as Dream's float32
+        return [n // T + (k < n % T) for k in range(T)]
+
+    t = torch.linspace(1, 1e-3, T + 1, device="cpu")     # on the host, float32 as Dream's
+    counts = []
     for k in range(T):
-        n = L - sum(counts)
-        counts.append(n if k == T - 1 else int(n * (1 - t[k + 1] / t[k])))
+        masked = n - sum(counts)
+        if k == T - 1:
+            counts.append(masked)
+        else:
+            counts.append(int(masked * (1 - t[k + 1] / t[k])))
     return counts
 
+
 def confidence(rule, q, top_p, generator):
-    """Line 5's order at the masked positions from q (N, m, V), the unguided step distribution softmax(psi / tau):
-    (N, m), the most confident revealed first; for "probability", (N, m, V), to be read at the token drawn.
-      entropy      -H(q)                                              Dream's entropy (it takes q after top-p)
-      probability  the drawn token's probability in q after top-p     Dream's maskgit_plus, LLaDA's low_confidence
-      margin       top-1 minus top-2 probability of q after top-p     Dream's topk_margin
-      random       uniform, from the sampler's generators             LLaDA's random"""
+    """Line 5's order (N, m), the most confident revealed first, from
+    q (N, m, V), the unguided step's softmax(psi / tau):
+
+      entropy      -H(q)                     Dream's entropy
+      probability  the drawn token's q       Dream's maskgit_plus, LLaDA's
+                   after top-p               low_confidence
+      margin       top-1 minus top-2 of q    Dream's topk_margin
+                   after top-p
+      random       uniform                   LLaDA's random
+
+    For "probability" it is (N, m, V), to be read at the token drawn.
+    """
     if rule == "entropy":
         return -entropy(q)
     if rule == "random":
         return uniform(q.shape[0], q.shape[1], generator, q.device)
-    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0        # after top-p: q / Z inside the nucleus
+
+    # q after top-p: renormalized inside the nucleus
+    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0
     kept = torch.where(q >= least, q, 0)
     if rule == "probability":
         return kept.div_(kept.sum(-1, keepdim=True))
     top2 = kept.topk(2, -1).values
     return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
 
+
 def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
-    """EntRGi in a sampler of one's own: hook(step, x (N, P + L), logits (N, P + L, V), row i predicting token i)
-    -> logits, as Dream's diffusion_generate calls its generation_logits_hook_func. At the guided steps (0, k, 2k,
-    ... for k = cfg.guide_every) the masked response rows become psi after `guide`, in place; the revealed ones go
-    to guide pinned at their tokens (a one-hot q: no gradient), so that no host sync counts the masked ones."""
-    def hook(step, x, logits):
+    """EntRGi inside a sampler of one's own, such as Dream's
+    diffusion_generate (its generation_logits_hook_func):
+    hook(step, tokens (N, P + L), logits (N, P + L, V)) -> logits, row i
+    predicting token i. At the guided steps (0, k, 2k, ..., k =
+    cfg.guide_every) the masked response rows become psi after `guide`, in
+    place. The revealed rows go to guide pinned at their tokens (a one-hot q:
+    no gradient), so no host sync is needed to count the masked ones.
+    """
+    def hook(step, tokens, logits):
         if not cfg.guided or step % cfg.guide_every:
             return logits
-        y, at = x[:, prompt_length:], x[:, prompt_length:, None]             # (N, L), (N, L, 1) the response
+        P = prompt_length
+        y = tokens[:, P:]                                     # (N, L) the response
+        at = y[..., None]                                     # (N, L, 1)
         masked = at == mask_id
-        psi = logits[:, prompt_length:].to(torch.float32, copy=True).masked_fill_(~masked, -math.inf)
-        psi.scatter_(-1, at, torch.where(masked, psi.gather(-1, at), 0.0))   # a revealed row: 0 at its token
+
+        psi = logits[:, P:].to(torch.float32, copy=True).masked_fill_(~masked, -math.inf)
+        pinned = torch.where(masked, psi.gather(-1, at), 0.0)    # revealed: 0 at the token
+        psi.scatter_(-1, at, pinned)
         every = torch.arange(y.shape[1], device=y.device).expand_as(y)
-        with torch.enable_grad():                                            # (Dream's generate runs without)
+        with torch.enable_grad():                 # Dream's generate runs without
             psi, _ = guide(psi, y, every, reward, embedding, cfg, generator)
-        logits[:, prompt_length:] = torch.where(masked, psi.to(logits.dtype), logits[:, prompt_length:])
+        logits[:, P:] = torch.where(masked, psi.to(logits.dtype), logits[:, P:])
         return logits
+
     return hook
 
+
+# -----------------------------------------------------------------------------
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 def resolve(name_or_path):
@@ -1170,9 +1403,7 @@ def agree(world, error):
         error = None if first is None else (WriteError if first[0] == "WriteError" else InputError)(first[1])
         if error is not None:                            # every process says it before any leaves
             print(f"entrgi.py: error: {error}", file=sys.stderr, flush=True)
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
-            raise SystemExit(74 if isinstance(error, WriteError) else 2)
+            leave(74 if isinstance(error, WriteError) else 2)
     if error is not None:
         raise error
 
@@ -1256,8 +1487,18 @@ def run_checked(args, cfgs, prompts, settings):
         error = err
     agree(world, error)
     if world > 1:
-        torch.distributed.barrier()                      # no rank leaves while another still talks to it
-        torch.distributed.destroy_process_group()
+        leave(0)
+
+def leave(status):
+    """End a torchrun process once every process has reached this point.
+
+    The exit skips the interpreter's teardown (os._exit): past the barrier nothing is left to write, and
+    the gloo process group's C++ threads can abort a normal exit ("terminate called without an active
+    exception", SIGABRT), which torchrun then reports in place of the status."""
+    torch.distributed.barrier()                          # no process leaves while another still talks to it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 def warn_slow_dtype(device, dtype):
     """bfloat16 and float16 have no fast kernels on most CPUs: say so before a run that would crawl."""
