@@ -1135,48 +1135,90 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
     return results
 
 def trace_page(prompt, settings, runs, traces, tokenizer):
-    """A self-contained HTML page of the denoising from the (k, y, likely) that `sample` reported: the methods side
-    by side, a slider over the steps, each token marked where it is not the unguided step's most likely."""
-    eos, columns = torch.tensor(end_ids(tokenizer)), []
-    for run, trace in zip(runs, traces):
-        trace = [(k, y_k.cpu(), likely.cpu()) for k, y_k, likely in trace]   # the page is built on the host
-        y = trace[-1][1]
-        step, changed = torch.full_like(y, -1), torch.zeros_like(y, dtype=torch.bool)
-        for k, y_k, likely in trace:                     # when each token came, and whether the unguided argmax
-            new = (y_k != tokenizer.mask_token_id) & (step < 0)
-            step[new], changed = k, changed | new & (y_k != likely)
-        columns.append(f"<div><h2>{run['method']}</h2>")
-        for j, (row, at, marked, r) in enumerate(zip(y, step.tolist(), changed.tolist(), run["responses"])):
-            ids = row[: int(reads(row[None], eos).sum())].tolist()            # up to the first end token
-            text, cut = tokenizer.decode(ids, skip_special_tokens=True), [0]
-            for n in range(1, len(ids) + 1):                 # a character split over tokens goes to its last token
-                head = tokenizer.decode(ids[:n], skip_special_tokens=True)
-                cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
-            shown = [text[u:v] for u, v in zip(cut, cut[1:])] + ["\u00b7"] * (len(at) - len(ids))   # dots: past the end
-            spans = (f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
-                     f"{html.escape(piece)}</span>" for l, piece in enumerate(shown))
-            columns.append(f'<div class="t"><strong>trajectory {j}: reward {r["reward"]:.4f}</strong>\n'
-                           + "".join(spans) + "</div>")
-        columns.append("</div>")
+    """A self-contained HTML page of the denoising, from the (k, y, likely) that `sample` reported:
+    the methods side by side (entrgi first), each with its Top@1 and Avg@K and its best trajectory
+    marked; a slider, buttons and keys over the steps; each token marked where it is not the unguided
+    step's most likely token. The same run gives the same page."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["method"] != "entrgi")   # stable: entrgi first
+    columns = [method_column(runs[i], traces[i], tokenizer) for i in order]
     steps = [k for k, _, _ in traces[0]]
-    fill = {"PROMPT": html.escape(prompt), "SETTINGS": html.escape(json.dumps(settings)), "RUNS": "".join(columns),
+    fill = {"PROMPT": html.escape(prompt), "SETTINGS": settings_list(settings), "RUNS": "".join(columns),
             "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
-    return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)        # one pass: no text is read twice
+    return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)   # one pass: no text read twice
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>EntRGi denoising trace</title><style>
-body { font: 14px/1.45 sans-serif; margin: 1.5em } #k { width: 40% } .new { background: #ffd95a } .e { color: #bbb }
-#bar { position: sticky; top: 0; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc }
-#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(24em, 1fr)); gap: 1em }
-.t { border: 1px solid #ddd; padding: .4em .6em; margin: .6em 0; white-space: pre-wrap; font: 12px/1.6 monospace }
+def method_column(run, trace, tokenizer):
+    """One method's trajectories as HTML: the step each token came at (data-k), whether it differs from
+    the unguided step's most likely token (class c), and what lies past the first end token (class e)."""
+    trace = [(k, y_k.cpu(), likely.cpu()) for k, y_k, likely in trace]      # the page is built on the host
+    y = trace[-1][1]
+    came = torch.full_like(y, -1)
+    changed = torch.zeros_like(y, dtype=torch.bool)
+    for k, y_k, likely in trace:
+        new = (y_k != tokenizer.mask_token_id) & (came < 0)
+        came[new] = k
+        changed |= new & (y_k != likely)
+    rewards = [r["reward"] for r in run["responses"]]
+    best = rewards.index(max(rewards))
+    top1 = f'Top@1 <strong>{run["top1_reward"]:.4f}</strong>'
+    avg = f'Avg@{len(rewards)} <strong>{run["avg_reward"]:.4f}</strong>'
+    head = f'<section><h2>{html.escape(run["method"])}</h2><p class="score">{top1} &middot; {avg}</p>'
+    eos = torch.tensor(end_ids(tokenizer))
+    rows = []
+    for j, (row, at, marked) in enumerate(zip(y, came.tolist(), changed.tolist())):
+        ids = row[: int(reads(row[None], eos).sum())].tolist()          # up to the first end token
+        pieces = token_texts(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))   # dots: past the end
+        spans = "".join(f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
+                        f"{html.escape(piece)}</span>" for l, piece in enumerate(pieces))
+        label = f"trajectory {j}: reward {rewards[j]:.4f}" + (" &#9733; best" if j == best else "")
+        rows.append(f'<div class="{"t best" if j == best else "t"}"><strong>{label}</strong>\n{spans}</div>')
+    return head + "".join(rows) + "</section>"
+
+def token_texts(tokenizer, ids):
+    """The text of each token of ids, such that they join to the decoded text: a character split over
+    several tokens goes to its last token."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = [0]
+    for n in range(1, len(ids) + 1):
+        head = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
+    return [text[u:v] for u, v in zip(cut, cut[1:])]
+
+def settings_list(settings):
+    """The run's settings as an HTML list of name-value pairs."""
+    items = (f"<div><dt>{html.escape(str(name))}</dt><dd>{html.escape(json.dumps(value))}</dd></div>"
+             for name, value in settings.items())
+    return f'<dl class="settings">{"".join(items)}</dl>'
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>EntRGi denoising trace</title><style>
+body { font: 14px/1.45 sans-serif; margin: 1em 1.5em; color: #222 }
+h1 { font-size: 1.4em; margin: .2em 0 } h2 { font-size: 1.15em; margin: .3em 0 0 } .score { margin: 0 0 .4em }
+.settings { display: flex; flex-wrap: wrap; gap: .2em 1.2em; margin: .4em 0; font-size: 12px; color: #555 }
+.settings div { display: flex; gap: .3em; min-width: 0 } .settings dt { font-weight: bold }
+.settings dd { margin: 0; overflow-wrap: anywhere }
+#bar { position: sticky; top: 0; z-index: 1; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc }
+#bar button { font: inherit; min-width: 2.4em } #k { width: min(40em, 60%); vertical-align: middle }
+#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 18em), 1fr)); gap: 1em }
+#runs section { min-width: 0 }
+.t { border: 1px solid #ddd; padding: .4em .6em; margin: .5em 0; white-space: pre-wrap;
+     overflow-wrap: anywhere; font: 12px/1.6 monospace }
+.t.best { border: 2px solid #2a7d2a } .new { background: #ffd95a } .e { color: #bbb }
 .m { color: transparent !important; background: #e4e4e4 } .c:not(.m) { text-decoration: underline wavy red }
-</style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT<br><small>SETTINGS</small></p>
-<div id="bar"><button onclick="show(+k.value - 1)">&lt;</button> <input id="k" type="range" min="0" max="LAST"
-oninput="show(+this.value)"> <button onclick="show(+k.value + 1)">&gt;</button> <span id="at"></span><br><small>
+</style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT</p>SETTINGS
+<div id="bar"><button id="back" title="previous step (left arrow)">&#9664;</button>
+<button id="play" title="play or pause (space)">play</button>
+<button id="next" title="next step (right arrow)">&#9654;</button>
+<input id="k" type="range" min="0" max="LAST" aria-label="step"> <span id="at"></span><br><small>
 <span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided
-step's most likely token</span>, <span class="e">&middot;</span> after the end</small></div>
+step's most likely token</span>, <span class="e">&middot;</span> after the end; keys: &larr; &rarr;, Home, End,
+space</small></div>
 <div id="runs">RUNS</div><script>
-const steps = STEPS, k = document.getElementById("k"), spans = document.querySelectorAll("span[data-k]");
+const steps = STEPS;
+const k = document.getElementById("k");
 const at = document.getElementById("at");
+const playing = document.getElementById("play");
+const spans = document.querySelectorAll("span[data-k]");
+let timer = null;
 function show(i) {
   k.value = i = Math.max(0, Math.min(steps.length - 1, i));
   at.textContent = `step ${steps[i] + 1} (${i + 1} of the ${steps.length} that reveal tokens)`;
@@ -1185,6 +1227,28 @@ function show(i) {
     s.classList.toggle("new", +s.dataset.k === steps[i]);
   }
 }
+function play() {
+  if (timer !== null) {
+    clearInterval(timer);
+    timer = null;
+    playing.textContent = "play";
+    return;
+  }
+  if (+k.value >= steps.length - 1) show(0);
+  playing.textContent = "pause";
+  timer = setInterval(() => (+k.value >= steps.length - 1 ? play() : show(+k.value + 1)), 300);
+}
+k.addEventListener("input", () => show(+k.value));
+document.getElementById("back").addEventListener("click", () => show(+k.value - 1));
+document.getElementById("next").addEventListener("click", () => show(+k.value + 1));
+playing.addEventListener("click", play);
+document.addEventListener("keydown", (event) => {
+  const moves = {ArrowLeft: +k.value - 1, ArrowRight: +k.value + 1, Home: 0, End: steps.length - 1};
+  if (event.key in moves) show(moves[event.key]);
+  else if (event.key === " ") play();
+  else return;
+  event.preventDefault();
+});
 show(steps.length - 1);
 </script></body></html>
 """

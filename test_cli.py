@@ -197,15 +197,16 @@ class Page(html.parser.HTMLParser):
 
     def __init__(self, text):
         super().__init__()
-        self.tags, self.loads, self.trajectories, self._span = [], [], [], None
+        self.tags, self.loads, self.trajectories, self.best, self._span = [], [], [], [], None
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         attrs = dict(attrs)
         self.loads += [(tag, k) for k in attrs if k in ("src", "href", "action", "srcset", "poster", "data")]
-        if tag == "div" and attrs.get("class") == "t":
+        if tag == "div" and "t" in attrs.get("class", "").split():
             self.trajectories.append([])
+            self.best.append("best" in attrs["class"].split())
         if tag == "span" and "data-k" in attrs:
             self._span = {"step": int(attrs["data-k"]), "classes": attrs.get("class", "").split(), "text": ""}
             self.trajectories[-1].append(self._span)
@@ -236,15 +237,33 @@ def traced(dream_dir, rm_dir, tmp_path_factory):
 
 def test_trace_page_ends_where_the_run_ends(traced):
     (page, _), run = traced
-    trajectories = Page(page).trajectories
-    responses = [r for result in run for r in result["responses"]]                      # methods side by side, in order
-    assert [r["method"] for r in run] == list(entrgi.METHODS) and len(trajectories) == len(responses) == 8
+    parsed = Page(page)
+    shown = sorted(run, key=lambda result: result["method"] != "entrgi")       # entrgi first, then as run
+    responses = [r for result in shown for r in result["responses"]]
+    assert [r["method"] for r in run] == list(entrgi.METHODS) and len(parsed.trajectories) == len(responses) == 8
     steps = [k for k, c in enumerate(entrgi.schedule(8, 8)) if c]
-    assert f"const steps = {steps}," in page
-    for spans, response in zip(trajectories, responses):
+    assert f"const steps = {steps};" in page
+    for spans, response in zip(parsed.trajectories, responses):
         assert len(spans) == 8 and all(s["step"] in steps for s in spans)            # every position revealed once
         assert "".join(s["text"] for s in spans if "e" not in s["classes"]) == response["text"]
-    assert sum("c" in s["classes"] for spans in trajectories[6:] for s in spans) > 0   # entrgi: guidance moved tokens
+    assert sum("c" in s["classes"] for spans in parsed.trajectories[:2] for s in spans) > 0   # entrgi: guidance moved tokens
+
+
+def test_trace_page_scores_each_method_and_marks_its_best_trajectory(traced):
+    """Each method's heading carries its Top@1 and Avg@K; the trajectory R ranks first is marked;
+    the settings are a list of names and values, not JSON; keys step and play."""
+    (page, _), run = traced
+    parsed = Page(page)
+    shown = sorted(run, key=lambda result: result["method"] != "entrgi")
+    for result in shown:
+        assert (f"<h2>{result['method']}</h2><p class=\"score\">Top@1 <strong>{result['top1_reward']:.4f}"
+                f"</strong> &middot; Avg@2 <strong>{result['avg_reward']:.4f}</strong>") in page
+    best = [r["reward"] == max(x["reward"] for x in result["responses"])
+            for result in shown for r in result["responses"]]
+    assert parsed.best == best and sum(best) == len(run)
+    assert '"K": ' not in page and "<dt>K</dt><dd>2</dd>" in page
+    for key in ("ArrowLeft", "ArrowRight", "Home", "End", '" "'):
+        assert key in page
 
 
 def test_trace_page_escapes_text_loads_nothing_and_repeats(traced):

@@ -121,6 +121,36 @@ def test_relax_temperature_shapes_and_entropy_source():
     e_soft, _ = entrgi.relax(psi, E, "soft", 0.5, 1.0, None)
     torch.testing.assert_close(e_soft, q @ E)
 
+def test_fast_forms_equal_the_plain_forms_their_docstrings_give(monkeypatch):
+    """SoftEmbedding's written-out backward is autograd's through softmax(psi / tau) @ E;
+    adam_step is torch.optim.Adam; mass_above, in row blocks, is the one-line sum."""
+    g = torch.Generator().manual_seed(3)
+    psi = torch.randn(2, 5, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    E = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    c = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    q = torch.softmax(psi.detach() / 0.7, -1)
+    fast, = torch.autograd.grad((entrgi.SoftEmbedding.apply(psi, q, E, 0.7) * c).sum(), psi)
+    plain, = torch.autograd.grad((torch.softmax(psi / 0.7, -1) @ E * c).sum(), psi)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
+
+    weights = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    reference = weights.clone().requires_grad_(True)
+    adam = torch.optim.Adam([reference], lr=0.3, betas=(0.8, 0.99), eps=1e-3)
+    moment1, moment2 = torch.zeros_like(weights), torch.zeros_like(weights)
+    for step in range(1, 6):
+        grad = torch.randn(3, 4, generator=g, dtype=torch.float64)
+        entrgi.adam_step(weights, grad.clone(), moment1, moment2, step, 0.3, (0.8, 0.99), 1e-3)
+        reference.grad = grad
+        adam.step()
+    torch.testing.assert_close(weights, reference.detach(), rtol=0, atol=1e-12)
+
+    p = torch.rand(7, 50, generator=g)
+    t = torch.rand(7, 3, generator=g)
+    monkeypatch.setattr(entrgi, "CPU_CACHE_BYTES", 400)                  # blocks of 2 rows
+    plain = ((p[:, None, :] > t[..., None]) * p[:, None, :]).sum(-1)
+    torch.testing.assert_close(entrgi.mass_above(p, t), plain)
+
+
 # -----------------------------------------------------------------------------
 # the nucleus sampler: exact draws without sorting the vocabulary
 
