@@ -825,17 +825,26 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
     return hook
 
 
+# =============================================================================
+# What runs the method, not part of it: loading, the command line, files, the
+# trace page, the benchmark. Nothing above this line uses anything below it.
+# =============================================================================
+
+
 # -----------------------------------------------------------------------------
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 def resolve(name_or_path):
     """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), once no
     file of it is damaged (JSON that is not JSON, a .safetensors file cut short): a damaged file is named."""
-    path, parsed = name_or_path, {}
+    path = name_or_path
+    parsed = {}
     hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)        # owner/name; not ./x, ../x, /x
+
     if not os.path.isdir(path) and not hub_name:
         raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name (owner/name): "
                          "check the path")
+
     if not os.path.isdir(path):
         try:
             from huggingface_hub import snapshot_download
@@ -843,6 +852,7 @@ def resolve(name_or_path):
         except Exception as err:                         # the hub's, the network's: all say the same to a user
             raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the "
                              "machine may be offline: pass a local directory that holds its config.json") from None
+
     for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
             with open(os.path.join(path, file), "rb") as f:
@@ -851,23 +861,33 @@ def resolve(name_or_path):
             raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); get it again") from None
         except OSError as err:
             raise InputError(f"model {name_or_path!r}: cannot read {file}: {err.strerror or err}") from None
+
     if not isinstance(parsed.get("config.json"), dict):
         raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON object in it")
+
     return path, parsed["config.json"]
+
 
 def safetensors_header(f):
     """The header of a .safetensors file, its size checked against the tensors it lists (the weights are not read)."""
-    size, n = os.fstat(f.fileno()).st_size, int.from_bytes(f.read(8), "little")   # the header's length, then JSON
+    size = os.fstat(f.fileno()).st_size
+    n = int.from_bytes(f.read(8), "little")              # the header's length, then JSON
+
     if 8 + n > size:
         raise ValueError(f"cut short: {size} bytes, less than its header needs; an interrupted download?")
+
     try:
         header = json.loads(f.read(n))
     except ValueError as err:
         raise ValueError(f"its header is not JSON: {err}") from None
+
     end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+
     if size < end:
         raise ValueError(f"cut short: {size} of its {end} bytes; an interrupted download?")
+
     return header
+
 
 def loaded(name, what, load):
     """load(), or an InputError naming the model and which of its parts could not be loaded, and why."""
@@ -877,10 +897,12 @@ def loaded(name, what, load):
         why = " ".join(str(err).split())
         raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {why}") from None
 
+
 def pick_dtype(device, dtype):
     if dtype in (None, "auto"):
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
 
 def bidirectional(model):
     """Dream and LLaDA attend both ways: the masks we pass say so, and no kernel may assume causal."""
@@ -901,6 +923,7 @@ LLADA_CONFIG = {"embedding_size": "vocab_size", "d_model": "hidden_size", "n_lay
                 "n_heads": "num_attention_heads", "mlp_hidden_size": "intermediate_size", "rope_theta": "rope_theta",
                 "rms_norm_eps": "rms_norm_eps", "max_sequence_length": "max_position_embeddings"}   # -> Llama's
 
+
 def dllm_config(name, kind, raw):
     """transformers' configuration of Dream's config.json (Qwen2's keys; logits shifted) or LLaDA's (OLMo's)."""
     import transformers as tf
@@ -915,6 +938,7 @@ def dllm_config(name, kind, raw):
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"model {name!r}: config.json is no {kind} configuration ({type(err).__name__}: {err})")
 
+
 def dtype_kwarg(dtype):
     """from_pretrained's keyword for the weights' dtype: `dtype` where configs take it (4.56 on), else
     `torch_dtype` (read from the signature, not the version)."""
@@ -925,65 +949,87 @@ def dtype_kwarg(dtype):
 
 DLLMS = {"Dream": ("DreamModel",), "llada": ("LLaDAModelLM",)}   # model_type -> the architectures loaded
 
+
 def dllm_kind(name, raw):
     """Dream or llada, from config.json's model_type and architectures; anything else refused, by name."""
-    kind, architectures = raw.get("model_type"), raw.get("architectures") or []
+    kind = raw.get("model_type")
+    architectures = raw.get("architectures") or []
+
     if kind not in DLLMS:
         raise InputError(f"{name!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
+
     other = [a for a in architectures if a not in DLLMS[kind]]
+
     if any("MoE" in a for a in other):
         raise InputError(f"{name!r} is {other[0]}, a mixture of experts (LLaDA-MoE): entrgi.py loads the dense "
                          "Dream and LLaDA models only")
     if other:
         raise InputError(f"{name!r} has model_type {kind!r} but architecture {other[0]}: entrgi.py loads "
                          f"{' or '.join(DLLMS[kind])} only")
+
     return kind
+
 
 def load_dllm(name_or_path, device="cpu", dtype="auto"):
     """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers' Qwen2ForCausalLM or
     LlamaForCausalLM attending both ways, every weight found and used, no remote code: (model, tokenizer), frozen."""
     import transformers as tf
     path, raw = resolve(name_or_path)
-    kind, mask_id = dllm_kind(name_or_path, raw), raw.get("mask_token_id")
-    config, mapping = dllm_config(name_or_path, kind, raw), LLADA_WEIGHTS if kind == "llada" else None
+    kind = dllm_kind(name_or_path, raw)
+    mask_id = raw.get("mask_token_id")
+    config = dllm_config(name_or_path, kind, raw)
+    mapping = LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
         path, config=config, key_mapping=mapping, output_loading_info=True, **dtype_kwarg(pick_dtype(device, dtype))))
-    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    missing = sorted(info["missing_keys"])
+    unexpected = sorted(info["unexpected_keys"])
+
     if missing or unexpected:
         raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
+
     qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)     # 4.x: Qwen2Tokenizer is the slow one
     tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
+
     if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
         raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id {mask_id}): a masked "
                          "diffusion LM needs one")
+
     tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)      # LLaDA's tokenizer does not name it
     return bidirectional(model.to(device)).eval().requires_grad_(False), tokenizer
+
 
 def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     """Any sequence-classification reward model with one label and a chat template: (model, tokenizer), frozen."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path, raw = resolve(name_or_path)
+
     if not any(k.endswith("ForSequenceClassification") for k in raw.get("architectures") or []):
         raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its config.json names "
                          f"{raw.get('architectures')}, model_type {raw.get('model_type')!r})")
+
     model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
         path, **dtype_kwarg(pick_dtype(device, dtype))))
     tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
+
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
+
     try:
         rm_slots(tokenizer, ["a prompt"])
     except ValueError as err:
         raise InputError(f"reward model {name_or_path!r}: {err}") from None
+
     if model.config.num_labels != 1:
         raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels, not one score")
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no linear `score` head "
                          "on its last position, as Llama's, Qwen's and Gemma's classifiers have")
+
     return model.to(device).eval().requires_grad_(False), tokenizer
+
 
 def dllm_logits(model, ids, valid, last=None):
     """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows alone, row i predicting token i: Dream
@@ -994,17 +1040,21 @@ def dllm_logits(model, ids, valid, last=None):
     return model(input_ids=ids, attention_mask=attention_bias(valid, causal=False, dtype=model.dtype),
                  position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
 
+
 def dllm_prompt_ids(tokenizer, prompt):
     """The dLLM's chat-formatted prompt, ready for the assistant's reply."""
     turn = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+
 def check_fits(model, prompts, L):
-    longest, room = max(map(len, prompts)), model.config.max_position_embeddings
+    longest = max(map(len, prompts))
+    room = model.config.max_position_embeddings
     if longest + L > room:
         raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} positions: shorten the "
                          "prompt or lower --max-new-tokens")
+
 
 def make_denoiser(model, prompts, K, L, mask_id, compile=False):
     """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the prompts (K rows each), the mask never proposed.
@@ -1023,31 +1073,37 @@ def make_denoiser(model, prompts, K, L, mask_id, compile=False):
         return logits
     return denoiser
 
+
 def end_ids(tokenizer):
     """Token ids that end a response: eos, pad, and a chat turn's end (<|im_end|>, <|eot_id|>) where present."""
     vocab = tokenizer.get_vocab()
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, vocab.get("<|im_end|>"), vocab.get("<|eot_id|>")}
     return sorted(ids - {None})
 
+
 def decode(tokenizer, y, eos_ids):
     """(N, L) tokens -> N response strings, each cut at its first end token."""
     keep = reads(y, torch.as_tensor(eos_ids, device=y.device))
     return [tokenizer.decode(row[k].tolist(), skip_special_tokens=True) for row, k in zip(y, keep)]
 
+
+# -----------------------------------------------------------------------------
 # 6. The command line
 
 class InputError(ValueError):
     """Bad input: the command line prints the message and exits with status 2."""
 
+
 class WriteError(OSError):
     """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
     add("--prompt", help="the user prompt")
-    add("--prompts-file", help="many prompts: text, one a line, or .jsonl, one JSON object a line; needs --output")
+    add("--prompts-file", help="many prompts: text, one per line, or .jsonl, one JSON object per line; needs --output")
     add("--prompt-field", default="prompt", help="the field of a .jsonl prompts file that holds the prompt")
     add("--batch-size", type=int, default=1, help="prompts per forward pass (B x K rows), >= 1")
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM, Dream or LLaDA: hub name or directory")
@@ -1072,7 +1128,7 @@ def parse_args(argv=None):
     add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets seed + i")
     add("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA")
-    add("--output", help="FILE.jsonl: a line a prompt and method as each finishes; the same command again resumes")
+    add("--output", help="FILE.jsonl: one line per prompt and method as each finishes; the same command again resumes")
     add("--trace", help="--prompt: FILE.html, a self-contained page of the denoising")
     add("--benchmark", choices=list(PRESETS), help="time a guided step of random models of a preset's sizes")
     add("--benchmark-steps", type=int, default=3, help="repetitions of each timing, >= 1")
@@ -1083,6 +1139,7 @@ def parse_args(argv=None):
     add("--deterministic", action="store_true", help="CUDA: deterministic kernels only (the same command gives the "
         "same tokens on the same GPU; attention runs its plain math kernel)")
     return p, p.parse_args(argv)
+
 
 def configs(args):
     """One checked Config per method asked for."""
@@ -1095,17 +1152,19 @@ def configs(args):
     except ValueError as err:
         raise InputError(str(err)) from None
 
+
 def pick_device(device):
     if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise InputError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if kind.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
-    if kind.type == "cuda" and kind.index is None:      # under torchrun, one GPU a process
+    if kind.type == "cuda" and kind.index is None:      # under torchrun, one GPU per process
         kind = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if kind.type == "cuda" and kind.index >= torch.cuda.device_count():
         raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices")
     return str(kind)
+
 
 def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None, compile=False):
     """K responses for each prompt scored on text by the reward model (and a judge, (model, tokenizer), if given):
@@ -1117,9 +1176,13 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
     denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L, tok.mask_token_id, compile)
     reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok), compile)
     y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
+
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite")
-    texts, results = decode(tok, y, eos), []
+
+    texts = decode(tok, y, eos)
+    results = []
+
     for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
         R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()   # per prompt: no batch-mates' padding
@@ -1132,7 +1195,9 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
             for response, s in zip(results[-1]["responses"], S):
                 response["score"] = s
             results[-1].update(top1_score=S[best], avg_score=sum(S) / len(S))
+
     return results
+
 
 def trace_page(prompt, settings, runs, traces, tokenizer):
     """A self-contained HTML page of the denoising, from the (k, y, likely) that `sample` reported:
@@ -1146,6 +1211,7 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
             "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)   # one pass: no text read twice
 
+
 def method_column(run, trace, tokenizer):
     """One method's trajectories as HTML: the step each token came at (data-k), whether it differs from
     the unguided step's most likely token (class c), and what lies past the first end token (class e)."""
@@ -1153,10 +1219,12 @@ def method_column(run, trace, tokenizer):
     y = trace[-1][1]
     came = torch.full_like(y, -1)
     changed = torch.zeros_like(y, dtype=torch.bool)
+
     for k, y_k, likely in trace:
         new = (y_k != tokenizer.mask_token_id) & (came < 0)
         came[new] = k
         changed |= new & (y_k != likely)
+
     rewards = [r["reward"] for r in run["responses"]]
     best = rewards.index(max(rewards))
     top1 = f'Top@1 <strong>{run["top1_reward"]:.4f}</strong>'
@@ -1164,6 +1232,7 @@ def method_column(run, trace, tokenizer):
     head = f'<section><h2>{html.escape(run["method"])}</h2><p class="score">{top1} &middot; {avg}</p>'
     eos = torch.tensor(end_ids(tokenizer))
     rows = []
+
     for j, (row, at, marked) in enumerate(zip(y, came.tolist(), changed.tolist())):
         ids = row[: int(reads(row[None], eos).sum())].tolist()          # up to the first end token
         pieces = token_texts(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))   # dots: past the end
@@ -1171,7 +1240,9 @@ def method_column(run, trace, tokenizer):
                         f"{html.escape(piece)}</span>" for l, piece in enumerate(pieces))
         label = f"trajectory {j}: reward {rewards[j]:.4f}" + (" &#9733; best" if j == best else "")
         rows.append(f'<div class="{"t best" if j == best else "t"}"><strong>{label}</strong>\n{spans}</div>')
+
     return head + "".join(rows) + "</section>"
+
 
 def token_texts(tokenizer, ids):
     """The text of each token of ids, such that they join to the decoded text: a character split over
@@ -1182,6 +1253,7 @@ def token_texts(tokenizer, ids):
         head = tokenizer.decode(ids[:n], skip_special_tokens=True)
         cut.append(max(cut[-1], len(os.path.commonprefix([head, text]))))
     return [text[u:v] for u, v in zip(cut, cut[1:])]
+
 
 def settings_list(settings):
     """The run's settings as an HTML list of name-value pairs."""
@@ -1253,20 +1325,25 @@ show(steps.length - 1);
 </script></body></html>
 """
 
+
 def read_prompts(path, field="prompt"):
-    """Prompt records from a text file (a line a prompt, as {field: line}) or a .jsonl file (a line a JSON object, its
+    """Prompt records from a text file (one prompt per line, as {field: line}) or a .jsonl file (one JSON
+    object per line, its
     prompt in `field`, its other fields kept). A byte-order mark and CRLF line ends are no part of any prompt."""
     try:
         with open(path, encoding="utf-8-sig") as f:      # utf-8-sig: without a leading byte-order mark
             lines = [(n, line) for n, line in enumerate(f.read().split("\n"), 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
+
     records = []
+
     for n, line in lines:
         try:
             record = json.loads(line) if path.endswith(".jsonl") else {field: line}
         except json.JSONDecodeError:
-            raise InputError(f"{path} line {n} is not JSON: a .jsonl prompts file holds a JSON object a line") from None
+            raise InputError(f"{path} line {n} is not JSON: "
+                             "a .jsonl prompts file holds one JSON object per line") from None
         if not isinstance(record, dict) or field not in record:
             raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
         if not isinstance(record[field], str):
@@ -1278,12 +1355,15 @@ def read_prompts(path, field="prompt"):
             raise InputError(f'{path} line {n} has a field "{ours[0]}", a name entrgi.py writes in each result: '
                              "rename it in the prompts file")
         records.append(record)
+
     if not records:
         raise InputError(f"--prompts-file {path!r} holds no prompt")
+
     return records
 
 OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward", "top1_score",
               "avg_score", "settings", "summary"}   # what a result line holds besides the prompt file's own fields
+
 
 def check_text(text, where):
     """Text a tokenizer can take: not empty, and valid Unicode (no lone surrogate from undecodable bytes)."""
@@ -1296,32 +1376,40 @@ def check_text(text, where):
         raise InputError(f"{where}: the prompt is not valid UTF-8 text ({ascii(bad)} at character {err.start}): "
                          "save it as UTF-8") from None
 
+
 def hold(path):
     """An exclusive lock on --output for this run (POSIX): the same command started twice at once is refused."""
     try:
         import fcntl
     except ImportError:                                  # no POSIX locks here: nothing to hold
         return contextlib.nullcontext()
+
     if not regular_file(path):
         return contextlib.nullcontext()
+
     f = open(path, "ab")
+
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
         raise InputError(f"--output {path!r} is being written by another run (the same command started twice?): "
                          "wait for it, or pass another --output") from None
+
     return f
+
 
 def regular_file(path):
     """A file that can be read back and truncated (or none yet): not a pipe, a terminal or /dev/stdout."""
     return not os.path.exists(path) or stat.S_ISREG(os.stat(path).st_mode)
+
 
 def read_output(path, prompts, field, settings):
     """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte length of
     its whole lines (a line without its newline was never finished). Refuses a file this command did not write."""
     if not regular_file(path):                           # a pipe, /dev/stdout: written to, never read back
         return set(), 0
+
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -1329,7 +1417,10 @@ def read_output(path, prompts, field, settings):
         return set(), 0
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --output {path!r} to resume from it: {err}") from None
-    whole, done = text[: text.rfind("\n") + 1], set()
+
+    whole = text[: text.rfind("\n") + 1]
+    done = set()
+
     for n, line in enumerate(whole.splitlines(), 1):
         try:
             r = json.loads(line)
@@ -1347,7 +1438,9 @@ def read_output(path, prompts, field, settings):
             raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or "
                              "other settings): refusing to append to it; pass another --output")
         done.add((i, r["method"]))
+
     return done, len(whole.encode("utf-8"))
+
 
 def append_line(path, record):
     """One JSON line in one write to a file opened for appending: a kill leaves whole lines, processes never
@@ -1362,6 +1455,7 @@ def append_line(path, record):
     except OSError as err:
         raise WriteError(f"cannot write --output {path!r}: {err.strerror or err}") from None
 
+
 def write_page(path, text, flag="--trace"):
     """The --trace page (or the benchmark's JSON), all or nothing: written to a temporary file, then renamed."""
     try:
@@ -1373,9 +1467,12 @@ def write_page(path, text, flag="--trace"):
             os.remove(path + ".tmp")
         raise WriteError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
 
+
 def check_run(args):
     """A run's checks before any model: (a Config per method, the prompt records, the settings of every result)."""
-    cfgs, one = configs(args), args.prompt is not None
+    cfgs = configs(args)
+    one = args.prompt is not None
+
     for bad, message in ((one == (args.prompts_file is not None), "pass one of --prompt TEXT or --prompts-file FILE"),
                          (one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
                          (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
@@ -1383,6 +1480,7 @@ def check_run(args):
                          (args.batch_size < 1, f"the batch size must be at least 1, got {args.batch_size}")):
         if bad:
             raise InputError(message)
+
     for path, flag in ((args.output, "--output"), (args.trace, "--trace")):
         if path and os.path.isdir(path):
             raise InputError(f"cannot write {flag} {path!r}: it is a folder")
@@ -1392,8 +1490,10 @@ def check_run(args):
             raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
         if path:
             probe_write(path, flag)
+
     if one:
         check_text(args.prompt, "--prompt")
+
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
     where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name   # one spelling a folder
@@ -1401,6 +1501,7 @@ def check_run(args):
                     dtype=args.dtype, prompt_field=args.prompt_field, batch_size=args.batch_size,
                     compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
+
 
 def probe_write(path, flag):
     """Opens `path` for appending, writing nothing (a file it creates is removed again): a path the
@@ -1415,12 +1516,15 @@ def probe_write(path, flag):
         with contextlib.suppress(FileNotFoundError):     # (torchrun's other processes probe it too)
             os.remove(path)
 
+
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
     """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps.
     Under torchrun every process runs as many rounds as the first and learns, after each, any other's error."""
-    results, traces = [], []
+    results = []
+    traces = []
     rounds = math.ceil(math.ceil(len(prompts) / world) / args.batch_size)   # the same in every process
     progress = {"total": sum(len(left) for _, left in todo), "done": 0, "began": time.perf_counter()}
+
     for b in range(0, rounds * args.batch_size, args.batch_size):
         error = None
         try:
@@ -1431,13 +1535,17 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
         except (InputError, WriteError) as err:
             error = err
         agree(world, error)
+
     return results, traces
+
 
 def run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces, progress):
     """One method on a batch of prompts: each result checked, printed, appended to --output."""
-    trace, one = [], args.prompt is not None
+    trace = []
+    one = args.prompt is not None
     out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
                    one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
+
     for i, result in zip(batch, out):
         scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
         if not all(map(math.isfinite, scores)):
@@ -1451,11 +1559,13 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
         if args.output:
             append_line(args.output, results[-1])
         progress["done"] += 1
-        done, total = progress["done"], progress["total"]
+        done = progress["done"]
+        total = progress["total"]
         seconds = time.perf_counter() - progress["began"]
         left = f", about {seconds / done * (total - done):.0f} s left" if done < total else ""
         print(f"prompt {i} {cfg.method} ({done} of {total}): Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
-              f"{result['avg_reward']:.4f}  {seconds / done:.1f} s a result{left}", file=sys.stderr)
+              f"{result['avg_reward']:.4f}  {seconds / done:.1f} s per result{left}", file=sys.stderr)
+
 
 def agree(world, error):
     """Under torchrun, every process learns the first error any process met, and raises it: all end together,
@@ -1468,29 +1578,37 @@ def agree(world, error):
         if error is not None:                            # every process says it before any leaves
             print(f"entrgi.py: error: {error}", file=sys.stderr, flush=True)
             leave(74 if isinstance(error, WriteError) else 2)
+
     if error is not None:
         raise error
+
 
 def summarize(args, results, prompts, settings, new, seconds):
     """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, appended, then printed."""
     if args.output and regular_file(args.output):
         with open(args.output, encoding="utf-8") as f:
             results = [r for r in map(json.loads, f) if "summary" not in r]
+
     keys = ["top1_reward", "avg_reward"] + (["top1_score", "avg_score"] if args.score_model else [])
     rows = {m: [r for r in results if r["method"] == m] for m in METHODS}
     table = {m: {"prompts": len(r), **{k: sum(x[k] for x in r) / len(r) for k in keys}} for m, r in rows.items() if r}
+
     if args.output:                                      # before printing: a reader gone from stdout loses nothing
         append_line(args.output, {"summary": {
             "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
             "seconds_per_result": seconds / new if new else None, "table": table}})
+
     show(f"{plural(len(results), 'result')} for {plural(len(prompts), 'prompt')}, {new} new")
     heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
     show(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
+
     for m, row in table.items():
         show(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
 
+
 def plural(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
+
 
 def show(text):
     """print to standard output; a reader that has gone (| head -1) ends the printing, not the run."""
@@ -1498,6 +1616,7 @@ def show(text):
         print(text, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 def run(args):
     """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended
@@ -1507,28 +1626,22 @@ def run(args):
     with hold(args.output) if args.output and alone else contextlib.nullcontext():
         run_checked(args, cfgs, prompts, settings)
 
+
 def run_checked(args, cfgs, prompts, settings):
     """`run` after the checks, with --output held."""
     done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
         raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
-    device, world, rank = pick_device(args.device), int(os.environ.get("WORLD_SIZE", 1)), 0
+    device = pick_device(args.device)
     warn_slow_dtype(device, args.dtype)
-    if world > 1:                                        # torchrun: one process a GPU, every world-th prompt each
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        rank = torch.distributed.get_rank()
-    if rank == 0 and args.output and regular_file(args.output) and os.path.exists(args.output) \
-            and os.path.getsize(args.output) > whole:
-        os.truncate(args.output, whole)                  # drop an unfinished last line before appending
-    if world > 1:
-        torch.distributed.barrier()
+    world, rank = join_processes(args, device, whole)
+
     dllm, tok = load_dllm(args.dllm, device, args.dtype)
     rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
     judge = load_reward_model(args.score_model, device, args.dtype) if args.score_model else None
     embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
     check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
+
     todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
     if done and rank == 0:
         print(f"resuming: {plural(len(done), 'result')} already in {args.output}", file=sys.stderr)
@@ -1540,6 +1653,7 @@ def run_checked(args, cfgs, prompts, settings):
     if args.trace:
         write_page(args.trace, trace_page(args.prompt, settings, results, traces, tok))
         print(f"the denoising page: {args.trace}", file=sys.stderr)
+
     new = torch.tensor([len(results)], device=device)
     if world > 1:
         torch.distributed.all_reduce(new)                # NCCL reduces CUDA tensors, gloo CPU ones
@@ -1553,6 +1667,26 @@ def run_checked(args, cfgs, prompts, settings):
     if world > 1:
         leave(0)
 
+
+def join_processes(args, device, whole):
+    """Under torchrun, join the process group (one process per GPU; each takes every world-th prompt):
+    (world, rank). The first process drops an unfinished last line of --output before any appends."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = 0
+    if world > 1:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        rank = torch.distributed.get_rank()
+
+    if rank == 0 and args.output and regular_file(args.output) and os.path.exists(args.output) \
+            and os.path.getsize(args.output) > whole:
+        os.truncate(args.output, whole)
+    if world > 1:
+        torch.distributed.barrier()                      # no process appends before the cut
+    return world, rank
+
+
 def leave(status):
     """End a torchrun process once every process has reached this point.
 
@@ -1564,11 +1698,13 @@ def leave(status):
     sys.stderr.flush()
     os._exit(status)
 
+
 def warn_slow_dtype(device, dtype):
     """bfloat16 and float16 have no fast kernels on most CPUs: say so before a run that would crawl."""
     if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
         print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 (17x measured on "
               "the tests' models); leave --dtype auto there", file=sys.stderr)
+
 
 def deterministic():
     """Process-wide: CUDA kernels that give the same result on every run on the same GPU (torch's
@@ -1578,10 +1714,13 @@ def deterministic():
     torch.backends.cuda.enable_flash_sdp(False)
     torch.backends.cuda.enable_mem_efficient_sdp(False)
 
+
 def main(argv=None):
     parser, args = parse_args(argv)
+
     if args.deterministic:
         deterministic()
+
     try:
         if args.benchmark:
             cfg = configs(args)[0]
@@ -1610,6 +1749,8 @@ def main(argv=None):
             raise
         parser.exit(2, "entrgi.py: error: out of memory: lower --batch-size, --samples or --max-new-tokens\n")
 
+
+# -----------------------------------------------------------------------------
 # 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
 
 SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -1632,9 +1773,11 @@ PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Q
                   num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)),
 }
 
+
 def peak_memory(fn, cuda):
     """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only; else None)."""
     status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
+
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**30
@@ -1642,10 +1785,14 @@ def peak_memory(fn, cuda):
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                 # resets the peak resident set, VmHWM
         before = status("VmRSS:")
+
     fn()
+
     if cuda:
         return torch.cuda.max_memory_allocated() / 2**30 - before
+
     return status("VmHWM:") - before if os.path.exists("/proc/self/clear_refs") else None
+
 
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
               layers=None, first_step=False, compile=False):
@@ -1653,43 +1800,36 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     floors: the eager floor (the dLLM forward, M times the reward model's forward and backward and q @ E's,
     timed alone) and the physical floor (the step's FLOPs at this device's matmul rate, plus its vocabulary-
     sized tensors' bytes at its copy bandwidth, both measured here). Medians of `steps` runs."""
-    dtype, cuda = pick_dtype(device, dtype), torch.device(device).type == "cuda"
-    say(f"benchmark: building random {preset if isinstance(preset, str) else 'custom'} models on {device}")
+    dtype = pick_dtype(device, dtype)
+    cuda = torch.device(device).type == "cuda"
+    name = preset if isinstance(preset, str) else "custom"
+    say(f"benchmark: building random {name} models on {device}")
     dllm, rm = random_models(preset, device, dtype, layers)
-    V, V_rm, m, g = dllm.config.vocab_size, rm.config.vocab_size, L if first_step else L // 2, torch.Generator()
-    prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
-    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
-    y0 = torch.randint(0, V - 2, (K, L), generator=g)                    # mask id V - 1, end id V - 2
-    y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
+    m = L if first_step else L // 2
     cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
-    denoiser = make_denoiser(dllm, [prompt], K, L, V - 1, compile)
-    reward = make_reward(rm, [prefix], [suffix], K, [V - 2], compile=compile)
+    g = torch.Generator()
+    denoiser, reward, embedding, y0 = step_inputs(dllm, rm, K, L, m, P, g, compile)
+    V = dllm.config.vocab_size
     step = lambda: sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg, y0=y0)
+
     say("benchmark: the first step" + (" (compiling)" if compile else ""))
     began = time.perf_counter()
     step()
     first_s = time.perf_counter() - began
     timed = timer(steps, cuda)
     peak = peak_memory(step, cuda)
+
     say("benchmark: timing the step, its parts, the device")
-    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
-    x, p = embedding[y0].detach().requires_grad_(True), q.detach().requires_grad_(True)
-    grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(device, embedding.dtype)
-    parts = {}
-    with torch.no_grad():
-        parts["dLLM forward"] = timed(lambda: denoiser(y0))
-    rm_pass = lambda: torch.autograd.grad(reward(x, y0).sum(), x)
-    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
-    parts[f"{M} x reward forward + backward"] = M * timed(rm_pass)
-    parts[f"{M} x soft embedding q @ E, fwd + bwd"] = M * timed(soft)
+    parts, rm_pass, q = floor_parts(denoiser, reward, embedding, y0, cfg, g, timed)
     total = timed(step)
     counts = {name: count_ops(fn, V) for name, fn in (("step", step), ("dllm", lambda: denoiser(y0)), ("rm", rm_pass))}
     rates = hardware(device, dtype, timed)
     physical = counts["step"]["flops"] / rates["matmul_flop_s"] + counts["step"]["vocab_bytes"] / rates["copy_byte_s"]
-    draw, softmax = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device))), timed(lambda: q.softmax(-1))
+    draw = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device)))
+    softmax = timed(lambda: q.softmax(-1))
     weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
     outside = counts["step"]["ops"] - counts["dllm"]["ops"] - M * counts["rm"]["ops"]
-    return {"preset": preset if isinstance(preset, str) else "custom", "layers": layers, "device": device,
+    return {"preset": name, "layers": layers, "device": device,
             "dtype": str(dtype)[6:], "K": K, "L": L, "masked": m, "M": M, "P": P, "method": method, "steps": steps,
             "compile": compile, "first_step_s": first_s, "parts_s": parts, "floor_s": sum(parts.values()),
             "total_s": total, "ratio": total / sum(parts.values()), "physical_floor_s": physical,
@@ -1698,8 +1838,47 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
             "ops_per_step": counts["step"]["ops"], "ops_outside_models": outside, "top_p_draw_s": draw,
             "softmax_s": softmax, "peak_beyond_weights_gib": peak, "weights_gib": weights}
 
+
+def step_inputs(dllm, rm, K, L, m, P, g, compile):
+    """The benchmark's step: a random prompt of P tokens and K rows of L tokens, m of them masked
+    (mask id V - 1, end id V - 2), the denoiser and the reward over them, and E^R."""
+    V = dllm.config.vocab_size
+    V_rm = rm.config.vocab_size
+    device = dllm.device
+    prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
+    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
+    y0 = torch.randint(0, V - 2, (K, L), generator=g)
+    y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
+    denoiser = make_denoiser(dllm, [prompt], K, L, V - 1, compile)
+    reward = make_reward(rm, [prefix], [suffix], K, [V - 2], compile=compile)
+    return denoiser, reward, embedding, y0
+
+
+def floor_parts(denoiser, reward, embedding, y0, cfg, g, timed):
+    """The eager floor's parts, timed alone: the dLLM forward, M reward forwards and backwards, M soft
+    embeddings q @ E forward and backward. Also the reward pass and q (K, m, V), for what follows."""
+    K, L = y0.shape
+    V = embedding.shape[0]
+    m = int((y0 == V - 1).sum()) // K
+    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
+    x = embedding[y0].detach().requires_grad_(True)
+    p = q.detach().requires_grad_(True)
+    grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(embedding.device, embedding.dtype)
+    parts = {}
+
+    with torch.no_grad():
+        parts["dLLM forward"] = timed(lambda: denoiser(y0))
+
+    rm_pass = lambda: torch.autograd.grad(reward(x, y0).sum(), x)
+    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
+    parts[f"{cfg.M} x reward forward + backward"] = cfg.M * timed(rm_pass)
+    parts[f"{cfg.M} x soft embedding q @ E, fwd + bwd"] = cfg.M * timed(soft)
+    return parts, rm_pass, q
+
+
 def say(text):
     print(text, file=sys.stderr, flush=True)
+
 
 def random_models(preset, device, dtype, layers=None):
     """A preset's dLLM and reward model with random weights (`layers` layers each where asked), frozen."""
@@ -1714,6 +1893,7 @@ def random_models(preset, device, dtype, layers=None):
         rm = tf.AutoModelForSequenceClassification.from_config(rm_config, **dtype_kwarg(dtype))
     return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
 
+
 def timer(steps, cuda):
     """timed(fn): the median seconds of `steps` runs of fn, after one that warms up."""
     def timed(fn):
@@ -1727,6 +1907,7 @@ def timer(steps, cuda):
         return sorted(times[1:])[steps // 2]
     return timed
 
+
 def hardware(device, dtype, timed):
     """This device's dense matmul rate in `dtype` (FLOP/s) and copy bandwidth (bytes read and written / s)."""
     n = 8192 if torch.device(device).type == "cuda" else 1024
@@ -1737,6 +1918,7 @@ def hardware(device, dtype, timed):
         lambda: dst.copy_(src))}
 
 WAITS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")   # operators that make a CUDA host wait
+
 
 def count_ops(fn, V):
     """Runs fn once, counting: aten operator calls, FLOPs (torch.utils.flop_counter), host waits, and the bytes
@@ -1757,9 +1939,12 @@ def count_ops(fn, V):
                 flat = [*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else [out])]
                 seen["vocab_bytes"] += vocab_bytes(flat)
             return out
+
     with FlopCounterMode(display=False) as flops, Count():
         fn()
+
     return {**seen, "flops": flops.get_total_flops()}
+
 
 def report(r):
     """Prints what `benchmark` measured."""
@@ -1769,15 +1954,19 @@ def report(r):
           + f", median of {r['steps']}")
     rows = [*r["parts_s"].items(), ("eager floor (the parts)", r["floor_s"]), ("guided step", r["total_s"]),
             ("physical floor", r["physical_floor_s"]), ("first step (warm-up, compiling)", r["first_step_s"])]
+
     for name, seconds in rows:
         print(f"  {name:<40} {seconds * 1e3:10.1f} ms")
+
     print(f"  {'guided step / eager floor':<40} {r['ratio']:10.2f}")
     print(f"  {'guided step / physical floor':<40} {r['physical_ratio']:10.2f}   ({r['step_flops'] / 1e12:.3f} TFLOP "
           f"at {r['matmul_flop_s'] / 1e12:.2f} TFLOP/s; {r['step_vocab_bytes'] / 2**30:.2f} GiB of vocabulary "
           f"tensors at {r['copy_byte_s'] / 2**30:.1f} GiB/s)")
     print(f"  {'host waits in a step':<40} {r['host_waits_per_step']:10d}")
     print(f"  {'operator calls: step, outside the models':<40} {r['ops_per_step']:10d} {r['ops_outside_models']:6d}")
-    draw, softmax, peak = r["top_p_draw_s"], r["softmax_s"], r["peak_beyond_weights_gib"]
+    draw = r["top_p_draw_s"]
+    softmax = r["softmax_s"]
+    peak = r["peak_beyond_weights_gib"]
     print(f"  {'top-p draw / softmax (K m x |V|)':<40} {draw / softmax:10.2f}   "
           f"({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
     peak = "       n/a" if peak is None else f"{peak:10.2f} GiB"
