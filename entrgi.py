@@ -1105,7 +1105,7 @@ def parse_args(argv=None):
     add("--prompt", help="the user prompt")
     add("--prompts-file", help="many prompts: text, one per line, or .jsonl, one JSON object per line; needs --output")
     add("--prompt-field", default="prompt", help="the field of a .jsonl prompts file that holds the prompt")
-    add("--batch-size", type=int, default=1, help="prompts per forward pass (B x K rows), >= 1")
+    add("--batch-size", type=int, default=1, help="prompts per batch (each prompt: K rows), >= 1")
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM, Dream or LLaDA: hub name or directory")
     add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub name or directory")
     add("--score-model", help="a second reward model, an independent judge of the final texts (default: none)")
@@ -1114,7 +1114,8 @@ def parse_args(argv=None):
     add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
     add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
     add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
-    add("--block-length", type=int, help="B, blocks revealed left to right; divides L, L / B divides T (default L)")
+    add("--block-length", type=int, help="tokens per block, blocks revealed left to right; it divides L, and the "
+                                         "number of blocks divides T (default L: one block)")
     add("--guidance-steps", type=int, default=3, help="M, Adam steps on psi per denoising step, >= 0")
     add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
     add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
@@ -1148,7 +1149,8 @@ def configs(args):
                   entropy_from=args.entropy_from, remasking=args.remasking, schedule=args.schedule,
                   eos_last=args.eos_last, guide_every=args.guide_every)
     try:
-        return [Config(m, **shared).check() for m in (METHODS if args.method == "all" else [args.method])]
+        methods = METHODS if args.method == "all" else [args.method]
+        return [Config(method, **shared).check() for method in methods]
     except ValueError as err:
         raise InputError(str(err)) from None
 
@@ -1590,8 +1592,9 @@ def summarize(args, results, prompts, settings, new, seconds):
             results = [r for r in map(json.loads, f) if "summary" not in r]
 
     keys = ["top1_reward", "avg_reward"] + (["top1_score", "avg_score"] if args.score_model else [])
-    rows = {m: [r for r in results if r["method"] == m] for m in METHODS}
-    table = {m: {"prompts": len(r), **{k: sum(x[k] for x in r) / len(r) for k in keys}} for m, r in rows.items() if r}
+    rows = {method: [r for r in results if r["method"] == method] for method in METHODS}
+    table = {method: {"prompts": len(rs), **{k: sum(r[k] for r in rs) / len(rs) for k in keys}}
+             for method, rs in rows.items() if rs}
 
     if args.output:                                      # before printing: a reader gone from stdout loses nothing
         append_line(args.output, {"summary": {
@@ -1602,8 +1605,8 @@ def summarize(args, results, prompts, settings, new, seconds):
     heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
     show(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
 
-    for m, row in table.items():
-        show(f"{m:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
+    for method, row in table.items():
+        show(f"{method:>8} {row['prompts']:8d}" + "".join(f" {row[k]:12.4f}" for k in keys))
 
 
 def plural(n, word):
@@ -1642,7 +1645,8 @@ def run_checked(args, cfgs, prompts, settings):
     embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
     check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
 
-    todo = [(i, {c.method for c in cfgs} - {m for j, m in done if j == i}) for i in range(rank, len(prompts), world)]
+    todo = [(i, {c.method for c in cfgs} - {method for j, method in done if j == i})
+            for i in range(rank, len(prompts), world)]
     if done and rank == 0:
         print(f"resuming: {plural(len(done), 'result')} already in {args.output}", file=sys.stderr)
     start = time.perf_counter()
@@ -1827,7 +1831,7 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     physical = counts["step"]["flops"] / rates["matmul_flop_s"] + counts["step"]["vocab_bytes"] / rates["copy_byte_s"]
     draw = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device)))
     softmax = timed(lambda: q.softmax(-1))
-    weights = sum(w.numel() * w.element_size() for model in (dllm, rm) for w in model.parameters()) / 2**30
+    weights = sum(t.numel() * t.element_size() for model in (dllm, rm) for t in model.parameters()) / 2**30
     outside = counts["step"]["ops"] - counts["dllm"]["ops"] - M * counts["rm"]["ops"]
     return {"preset": name, "layers": layers, "device": device,
             "dtype": str(dtype)[6:], "K": K, "L": L, "masked": m, "M": M, "P": P, "method": method, "steps": steps,
@@ -1861,7 +1865,7 @@ def floor_parts(denoiser, reward, embedding, y0, cfg, g, timed):
     V = embedding.shape[0]
     m = int((y0 == V - 1).sum()) // K
     q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
-    x = embedding[y0].detach().requires_grad_(True)
+    e = embedding[y0].detach().requires_grad_(True)
     p = q.detach().requires_grad_(True)
     grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(embedding.device, embedding.dtype)
     parts = {}
@@ -1869,8 +1873,8 @@ def floor_parts(denoiser, reward, embedding, y0, cfg, g, timed):
     with torch.no_grad():
         parts["dLLM forward"] = timed(lambda: denoiser(y0))
 
-    rm_pass = lambda: torch.autograd.grad(reward(x, y0).sum(), x)
-    soft = lambda: torch.autograd.grad(p.to(x.dtype) @ embedding, p, grad_e)
+    rm_pass = lambda: torch.autograd.grad(reward(e, y0).sum(), e)
+    soft = lambda: torch.autograd.grad(p.to(e.dtype) @ embedding, p, grad_e)
     parts[f"{cfg.M} x reward forward + backward"] = cfg.M * timed(rm_pass)
     parts[f"{cfg.M} x soft embedding q @ E, fwd + bwd"] = cfg.M * timed(soft)
     return parts, rm_pass, q
