@@ -835,11 +835,13 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 def resolve(name_or_path):
-    """A local directory, or a hub name downloaded (or found in the cache): (its path, its config.json), once no
-    file of it is damaged (JSON that is not JSON, a .safetensors file cut short): a damaged file is named."""
+    """A local directory, or a hub name downloaded (or found in the cache): (its path, its
+    config.json), once no file of it is damaged (JSON that is not JSON, a .safetensors file cut
+    short): a damaged file is named."""
     path = name_or_path
     parsed = {}
-    hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)        # owner/name; not ./x, ../x, /x
+    # owner/name; not ./x, ../x, /x
+    hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)
 
     if not os.path.isdir(path) and not hub_name:
         raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name (owner/name): "
@@ -849,7 +851,8 @@ def resolve(name_or_path):
         try:
             from huggingface_hub import snapshot_download
             path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
-        except Exception as err:                         # the hub's, the network's: all say the same to a user
+        except Exception as err:
+            # the hub's, the network's: all say the same to a user
             raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the "
                              "machine may be offline: pass a local directory that holds its config.json") from None
 
@@ -869,7 +872,8 @@ def resolve(name_or_path):
 
 
 def safetensors_header(f):
-    """The header of a .safetensors file, its size checked against the tensors it lists (the weights are not read)."""
+    """The header of a .safetensors file, its size checked against the tensors it lists (the
+    weights are not read)."""
     size = os.fstat(f.fileno()).st_size
     n = int.from_bytes(f.read(8), "little")              # the header's length, then JSON
 
@@ -890,10 +894,12 @@ def safetensors_header(f):
 
 
 def loaded(name, what, load):
-    """load(), or an InputError naming the model and which of its parts could not be loaded, and why."""
+    """load(), or an InputError naming the model and which of its parts could
+    not be loaded, and why."""
     try:
         return load()
-    except Exception as err:                             # any library's error on files it could not use
+    except Exception as err:
+        # any library's error on files it could not use
         why = " ".join(str(err).split())
         raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {why}") from None
 
@@ -905,7 +911,7 @@ def pick_dtype(device, dtype):
 
 
 def bidirectional(model):
-    """Dream and LLaDA attend both ways: the masks we pass say so, and no kernel may assume causal."""
+    """Dream and LLaDA attend both ways: our masks say so; no kernel may assume causal."""
     for layer in model.model.layers:
         layer.self_attn.is_causal = False
     return model
@@ -925,7 +931,8 @@ LLADA_CONFIG = {"embedding_size": "vocab_size", "d_model": "hidden_size", "n_lay
 
 
 def dllm_config(name, kind, raw):
-    """transformers' configuration of Dream's config.json (Qwen2's keys; logits shifted) or LLaDA's (OLMo's)."""
+    """transformers' configuration of Dream's config.json (Qwen2's keys; logits
+    shifted) or LLaDA's (OLMo's)."""
     import transformers as tf
     try:
         if kind == "Dream":
@@ -940,18 +947,20 @@ def dllm_config(name, kind, raw):
 
 
 def dtype_kwarg(dtype):
-    """from_pretrained's keyword for the weights' dtype: `dtype` where configs take it (4.56 on), else
-    `torch_dtype` (read from the signature, not the version)."""
+    """from_pretrained's keyword for the weights' dtype: `dtype` where configs take it (4.56 on),
+    else `torch_dtype` (read from the signature, not the version)."""
     import transformers as tf
     config_class = getattr(tf, "PreTrainedConfig", None) or tf.PretrainedConfig
     takes_dtype = "dtype" in inspect.signature(config_class.__init__).parameters
     return {"dtype" if takes_dtype else "torch_dtype": dtype}
 
-DLLMS = {"Dream": ("DreamModel",), "llada": ("LLaDAModelLM",)}   # model_type -> the architectures loaded
+# model_type -> the architectures loaded
+DLLMS = {"Dream": ("DreamModel",), "llada": ("LLaDAModelLM",)}
 
 
 def dllm_kind(name, raw):
-    """Dream or llada, from config.json's model_type and architectures; anything else refused, by name."""
+    """Dream or llada, from config.json's model_type and architectures; anything
+    else refused, by name."""
     kind = raw.get("model_type")
     architectures = raw.get("architectures") or []
 
@@ -971,8 +980,9 @@ def dllm_kind(name, raw):
 
 
 def load_dllm(name_or_path, device="cpu", dtype="auto"):
-    """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers' Qwen2ForCausalLM or
-    LlamaForCausalLM attending both ways, every weight found and used, no remote code: (model, tokenizer), frozen."""
+    """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers'
+    Qwen2ForCausalLM or LlamaForCausalLM attending both ways, every weight found and used, no remote
+    code: (model, tokenizer), frozen."""
     import transformers as tf
     path, raw = resolve(name_or_path)
     kind = dllm_kind(name_or_path, raw)
@@ -989,7 +999,8 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
 
-    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)     # 4.x: Qwen2Tokenizer is the slow one
+    # 4.x: Qwen2Tokenizer is the slow one
+    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)
     tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
 
@@ -997,12 +1008,14 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id {mask_id}): a masked "
                          "diffusion LM needs one")
 
-    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)      # LLaDA's tokenizer does not name it
+    # LLaDA's tokenizer does not name it
+    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
     return bidirectional(model.to(device)).eval().requires_grad_(False), tokenizer
 
 
 def load_reward_model(name_or_path, device="cpu", dtype="auto"):
-    """Any sequence-classification reward model with one label and a chat template: (model, tokenizer), frozen."""
+    """Any sequence-classification reward model with one label and a chat template:
+    (model, tokenizer), frozen."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path, raw = resolve(name_or_path)
 
@@ -1032,8 +1045,8 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
 
 
 def dllm_logits(model, ids, valid, last=None):
-    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows alone, row i predicting token i: Dream
-    predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
+    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows alone, row i predicting token
+    i: Dream predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
     T = ids.shape[1]
     shift = int(getattr(model.config, "shift_logits", False))
     rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
@@ -1057,11 +1070,12 @@ def check_fits(model, prompts, L):
 
 
 def make_denoiser(model, prompts, K, L, mask_id, compile=False):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the prompts (K rows each), the mask never proposed.
-    Each prompt's K rows run on their own, unpadded: a prompt's logits do not depend on the prompts beside it.
-    compile: torch.compile the model (one shape per prompt length)."""
+    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the prompts (K rows each), the mask never
+    proposed. Each prompt's K rows run on their own, unpadded: a prompt's logits do not depend on
+    the prompts beside it. compile: torch.compile the model (one shape per prompt length)."""
     check_fits(model, prompts, L)
-    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]   # (K, P) each
+    # (K, P) each
+    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
     forward = torch.compile(model) if compile else model
     def denoiser(y):
         logits = []
@@ -1075,7 +1089,8 @@ def make_denoiser(model, prompts, K, L, mask_id, compile=False):
 
 
 def end_ids(tokenizer):
-    """Token ids that end a response: eos, pad, and a chat turn's end (<|im_end|>, <|eot_id|>) where present."""
+    """Token ids that end a response: eos, pad, and a chat turn's end (<|im_end|>,
+    <|eot_id|>) where present."""
     vocab = tokenizer.get_vocab()
     ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, vocab.get("<|im_end|>"), vocab.get("<|eot_id|>")}
     return sorted(ids - {None})
@@ -1095,7 +1110,8 @@ class InputError(ValueError):
 
 
 class WriteError(OSError):
-    """A write the machine refused (a full disk): the command line prints the message and exits with status 74."""
+    """A write the machine refused (a full disk): the command line prints the message
+    and exits with status 74."""
 
 
 def parse_args(argv=None):
@@ -1169,9 +1185,9 @@ def pick_device(device):
 
 
 def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None, compile=False):
-    """K responses for each prompt scored on text by the reward model (and a judge, (model, tokenizer), if given):
-    one result dict per prompt. top1_score: the judge's score of the best_response, the one R ranks first.
-    compile: torch.compile both models' forwards."""
+    """K responses for each prompt scored on text by the reward model (and a judge, (model,
+    tokenizer), if given): one result dict per prompt. top1_score: the judge's score of the
+    best_response, the one R ranks first. compile: torch.compile both models' forwards."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
     prompt_ids = [dllm_prompt_ids(tok, p) for p in prompts]
@@ -1187,7 +1203,8 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
 
     for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
-        R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()   # per prompt: no batch-mates' padding
+        # per prompt: no batch-mates' padding
+        R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()
         best = R.index(max(R))
         scored = [{"text": t, "reward": r} for t, r in zip(responses, R)]
         results.append({"method": cfg.method, "seed": seed, "responses": scored, "best_response": responses[best],
@@ -1204,20 +1221,24 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
 def trace_page(prompt, settings, runs, traces, tokenizer):
     """A self-contained HTML page of the denoising, from the (k, y, likely) that `sample` reported:
     the methods side by side (entrgi first), each with its Top@1 and Avg@K and its best trajectory
-    marked; a slider, buttons and keys over the steps; each token marked where it is not the unguided
-    step's most likely token. The same run gives the same page."""
-    order = sorted(range(len(runs)), key=lambda i: runs[i]["method"] != "entrgi")   # stable: entrgi first
+    marked; a slider, buttons and keys over the steps; each token marked where it is not the
+    unguided step's most likely token. The same run gives the same page."""
+    # stable: entrgi first
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["method"] != "entrgi")
     columns = [method_column(runs[i], traces[i], tokenizer) for i in order]
     steps = [k for k, _, _ in traces[0]]
     fill = {"PROMPT": html.escape(prompt), "SETTINGS": settings_list(settings), "RUNS": "".join(columns),
             "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
-    return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)   # one pass: no text read twice
+    # one pass: no text read twice
+    return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)
 
 
 def method_column(run, trace, tokenizer):
-    """One method's trajectories as HTML: the step each token came at (data-k), whether it differs from
-    the unguided step's most likely token (class c), and what lies past the first end token (class e)."""
-    trace = [(k, y_k.cpu(), likely.cpu()) for k, y_k, likely in trace]      # the page is built on the host
+    """One method's trajectories as HTML: the step each token came at (data-k), whether it
+    differs from the unguided step's most likely token (class c), and what lies past the
+    first end token (class e)."""
+    # the page is built on the host
+    trace = [(k, y_k.cpu(), likely.cpu()) for k, y_k, likely in trace]
     y = trace[-1][1]
     came = torch.full_like(y, -1)
     changed = torch.zeros_like(y, dtype=torch.bool)
@@ -1237,7 +1258,8 @@ def method_column(run, trace, tokenizer):
 
     for j, (row, at, marked) in enumerate(zip(y, came.tolist(), changed.tolist())):
         ids = row[: int(reads(row[None], eos).sum())].tolist()          # up to the first end token
-        pieces = token_texts(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))   # dots: past the end
+        # dots: past the end
+        pieces = token_texts(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))
         spans = "".join(f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
                         f"{html.escape(piece)}</span>" for l, piece in enumerate(pieces))
         label = f"trajectory {j}: reward {rewards[j]:.4f}" + (" &#9733; best" if j == best else "")
@@ -1247,8 +1269,8 @@ def method_column(run, trace, tokenizer):
 
 
 def token_texts(tokenizer, ids):
-    """The text of each token of ids, such that they join to the decoded text: a character split over
-    several tokens goes to its last token."""
+    """The text of each token of ids, such that they join to the decoded text: a character split
+    over several tokens goes to its last token."""
     text = tokenizer.decode(ids, skip_special_tokens=True)
     cut = [0]
     for n in range(1, len(ids) + 1):
@@ -1329,11 +1351,12 @@ show(steps.length - 1);
 
 
 def read_prompts(path, field="prompt"):
-    """Prompt records from a text file (one prompt per line, as {field: line}) or a .jsonl file (one JSON
-    object per line, its
-    prompt in `field`, its other fields kept). A byte-order mark and CRLF line ends are no part of any prompt."""
+    """Prompt records from a text file (one prompt per line, as {field: line}) or a .jsonl file (one
+    JSON object per line, its prompt in `field`, its other fields kept). A byte-order mark and CRLF
+    line ends are no part of any prompt."""
     try:
-        with open(path, encoding="utf-8-sig") as f:      # utf-8-sig: without a leading byte-order mark
+        # utf-8-sig: without a leading byte-order mark
+        with open(path, encoding="utf-8-sig") as f:
             lines = [(n, line) for n, line in enumerate(f.read().split("\n"), 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
@@ -1368,7 +1391,8 @@ OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_rew
 
 
 def check_text(text, where):
-    """Text a tokenizer can take: not empty, and valid Unicode (no lone surrogate from undecodable bytes)."""
+    """Text a tokenizer can take: not empty, and valid Unicode (no lone surrogate
+    from undecodable bytes)."""
     if not text.strip():
         raise InputError(f"{where}: the prompt is empty")
     try:
@@ -1380,7 +1404,8 @@ def check_text(text, where):
 
 
 def hold(path):
-    """An exclusive lock on --output for this run (POSIX): the same command started twice at once is refused."""
+    """An exclusive lock on --output for this run (POSIX): the same command started
+    twice at once is refused."""
     try:
         import fcntl
     except ImportError:                                  # no POSIX locks here: nothing to hold
@@ -1402,14 +1427,17 @@ def hold(path):
 
 
 def regular_file(path):
-    """A file that can be read back and truncated (or none yet): not a pipe, a terminal or /dev/stdout."""
+    """A file that can be read back and truncated (or none yet): not a pipe, a
+    terminal or /dev/stdout."""
     return not os.path.exists(path) or stat.S_ISREG(os.stat(path).st_mode)
 
 
 def read_output(path, prompts, field, settings):
-    """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte length of
-    its whole lines (a line without its newline was never finished). Refuses a file this command did not write."""
-    if not regular_file(path):                           # a pipe, /dev/stdout: written to, never read back
+    """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte
+    length of its whole lines (a line without its newline was never finished). Refuses a file this
+    command did not write."""
+    # a pipe, /dev/stdout: written to, never read back
+    if not regular_file(path):
         return set(), 0
 
     try:
@@ -1445,8 +1473,9 @@ def read_output(path, prompts, field, settings):
 
 
 def append_line(path, record):
-    """One JSON line in one write to a file opened for appending: a kill leaves whole lines, processes never
-    interleave. A write the machine refuses or cuts short (a full disk) is taken back and raised as a WriteError."""
+    """One JSON line in one write to a file opened for appending: a kill leaves whole lines,
+    processes never interleave. A write the machine refuses or cuts short (a full disk) is taken
+    back and raised as a WriteError."""
     line = (json.dumps(record) + "\n").encode("utf-8")
     try:
         with open(path, "ab", buffering=0) as f:
@@ -1459,7 +1488,8 @@ def append_line(path, record):
 
 
 def write_page(path, text, flag="--trace"):
-    """The --trace page (or the benchmark's JSON), all or nothing: written to a temporary file, then renamed."""
+    """The --trace page (or the benchmark's JSON), all or nothing: written to a
+    temporary file, then renamed."""
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
@@ -1471,7 +1501,8 @@ def write_page(path, text, flag="--trace"):
 
 
 def check_run(args):
-    """A run's checks before any model: (a Config per method, the prompt records, the settings of every result)."""
+    """A run's checks before any model: (a Config per method, the prompt records, the
+    settings of every result)."""
     cfgs = configs(args)
     one = args.prompt is not None
 
@@ -1498,7 +1529,8 @@ def check_run(args):
 
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
-    where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name   # one spelling a folder
+    # one spelling a folder
+    where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name
     settings.update(dllm=where(args.dllm), reward_model=where(args.reward_model), score_model=where(args.score_model),
                     dtype=args.dtype, prompt_field=args.prompt_field, batch_size=args.batch_size,
                     compile=args.compile, deterministic=args.deterministic)
@@ -1506,8 +1538,9 @@ def check_run(args):
 
 
 def probe_write(path, flag):
-    """Opens `path` for appending, writing nothing (a file it creates is removed again): a path the
-    machine will not write (a read-only file system, /sys, /proc) is found before any model loads."""
+    """Opens `path` for appending, writing nothing (a file it creates is removed again):
+    a path the machine will not write (a read-only file system, /sys, /proc) is found
+    before any model loads."""
     existed = os.path.exists(path)
     try:
         with open(path, "ab"):
@@ -1520,11 +1553,13 @@ def probe_write(path, flag):
 
 
 def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
-    """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with --trace, steps.
-    Under torchrun every process runs as many rounds as the first and learns, after each, any other's error."""
+    """Every method on `todo`'s prompts (index, methods left), a batch at a time: results, and with
+    --trace, steps. Under torchrun every process runs as many rounds as the first and learns, after
+    each, any other's error."""
     results = []
     traces = []
-    rounds = math.ceil(math.ceil(len(prompts) / world) / args.batch_size)   # the same in every process
+    # the same in every process
+    rounds = math.ceil(math.ceil(len(prompts) / world) / args.batch_size)
     progress = {"total": sum(len(left) for _, left in todo), "done": 0, "began": time.perf_counter()}
 
     for b in range(0, rounds * args.batch_size, args.batch_size):
@@ -1570,8 +1605,8 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
 
 
 def agree(world, error):
-    """Under torchrun, every process learns the first error any process met, and raises it: all end together,
-    with the same line, instead of waiting for one that has gone."""
+    """Under torchrun, every process learns the first error any process met, and raises it: all end
+    together, with the same line, instead of waiting for one that has gone."""
     if world > 1:
         errors = [None] * world
         torch.distributed.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
@@ -1586,7 +1621,8 @@ def agree(world, error):
 
 
 def summarize(args, results, prompts, settings, new, seconds):
-    """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N, appended, then printed."""
+    """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N,
+    appended, then printed."""
     if args.output and regular_file(args.output):
         with open(args.output, encoding="utf-8") as f:
             results = [r for r in map(json.loads, f) if "summary" not in r]
@@ -1596,7 +1632,8 @@ def summarize(args, results, prompts, settings, new, seconds):
     table = {method: {"prompts": len(rs), **{k: sum(r[k] for r in rs) / len(rs) for k in keys}}
              for method, rs in rows.items() if rs}
 
-    if args.output:                                      # before printing: a reader gone from stdout loses nothing
+    # before printing: a reader gone from stdout loses nothing
+    if args.output:
         append_line(args.output, {"summary": {
             "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
             "seconds_per_result": seconds / new if new else None, "table": table}})
@@ -1614,7 +1651,8 @@ def plural(n, word):
 
 
 def show(text):
-    """print to standard output; a reader that has gone (| head -1) ends the printing, not the run."""
+    """print to standard output; a reader that has gone (| head -1) ends the
+    printing, not the run."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
@@ -1622,8 +1660,9 @@ def show(text):
 
 
 def run(args):
-    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with --output, appended
-    as a JSON line as it finishes (the same command resumes; torchrun's processes share the prompts); a summary."""
+    """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with
+    --output, appended as a JSON line as it finishes (the same command resumes; torchrun's processes
+    share the prompts); a summary."""
     cfgs, prompts, settings = check_run(args)
     alone = int(os.environ.get("WORLD_SIZE", 1)) == 1
     with hold(args.output) if args.output and alone else contextlib.nullcontext():
@@ -1673,8 +1712,9 @@ def run_checked(args, cfgs, prompts, settings):
 
 
 def join_processes(args, device, whole):
-    """Under torchrun, join the process group (one process per GPU; each takes every world-th prompt):
-    (world, rank). The first process drops an unfinished last line of --output before any appends."""
+    """Under torchrun, join the process group (one process per GPU; each takes every
+    world-th prompt): (world, rank). The first process drops an unfinished last line of
+    --output before any appends."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = 0
     if world > 1:
@@ -1694,25 +1734,27 @@ def join_processes(args, device, whole):
 def leave(status):
     """End a torchrun process once every process has reached this point.
 
-    The exit skips the interpreter's teardown (os._exit): past the barrier nothing is left to write, and
-    the gloo process group's C++ threads can abort a normal exit ("terminate called without an active
-    exception", SIGABRT), which torchrun then reports in place of the status."""
-    torch.distributed.barrier()                          # no process leaves while another still talks to it
+    The exit skips the interpreter's teardown (os._exit): past the barrier nothing is left to write,
+    and the gloo process group's C++ threads can abort a normal exit ("terminate called without an
+    active exception", SIGABRT), which torchrun then reports in place of the status."""
+    # no process leaves while another still talks to it
+    torch.distributed.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
 
 
 def warn_slow_dtype(device, dtype):
-    """bfloat16 and float16 have no fast kernels on most CPUs: say so before a run that would crawl."""
+    """bfloat16 and float16 have no fast kernels on most CPUs: say so before a slow run."""
     if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
         print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 (17x measured on "
               "the tests' models); leave --dtype auto there", file=sys.stderr)
 
 
 def deterministic():
-    """Process-wide: CUDA kernels that give the same result on every run on the same GPU (torch's
-    deterministic algorithms; attention's plain math kernel, whose backward adds in a fixed order)."""
+    """Process-wide: CUDA kernels that give the same result on every run on the same GPU
+    (torch's deterministic algorithms; attention's plain math kernel, whose backward
+    adds in a fixed order)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")      # before cuBLAS starts
     torch.use_deterministic_algorithms(True)
     torch.backends.cuda.enable_flash_sdp(False)
@@ -1762,10 +1804,12 @@ SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_
                num_labels=1, pad_token_id=151643)
 PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Qwen3, one label)
     "real": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-             num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,               # Dream 7B
+             # Dream 7B
+             num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,
              tie_word_embeddings=False, shift_logits=True), SKYWORK),
     "llada": ("LlamaConfig", dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
-              num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,            # LLaDA 8B
+              # LLaDA 8B
+              num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,
               tie_word_embeddings=False, shift_logits=False), SKYWORK),
     "small": ("Qwen2Config", dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
               num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
@@ -1779,7 +1823,8 @@ PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Q
 
 
 def peak_memory(fn, cuda):
-    """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set, Linux only; else None)."""
+    """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set,
+    Linux only; else None)."""
     status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
 
     if cuda:
@@ -1800,17 +1845,19 @@ def peak_memory(fn, cuda):
 
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
               layers=None, first_step=False, compile=False):
-    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first) against two
-    floors: the eager floor (the dLLM forward, M times the reward model's forward and backward and q @ E's,
-    timed alone) and the physical floor (the step's FLOPs at this device's matmul rate, plus its vocabulary-
-    sized tensors' bytes at its copy bandwidth, both measured here). Medians of `steps` runs."""
+    """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first)
+    against two floors: the eager floor (the dLLM forward, M times the reward model's forward and
+    backward and q @ E's, timed alone) and the physical floor (the step's FLOPs at this device's
+    matmul rate, plus its vocabulary- sized tensors' bytes at its copy bandwidth, both measured
+    here). Medians of `steps` runs."""
     dtype = pick_dtype(device, dtype)
     cuda = torch.device(device).type == "cuda"
     name = preset if isinstance(preset, str) else "custom"
     say(f"benchmark: building random {name} models on {device}")
     dllm, rm = random_models(preset, device, dtype, layers)
     m = L if first_step else L // 2
-    cfg = Config(method, K, T=1, L=L, M=M).check()       # one step that reveals all m: a step at m masked positions
+    # one step that reveals all m: a step at m masked positions
+    cfg = Config(method, K, T=1, L=L, M=M).check()
     g = torch.Generator()
     denoiser, reward, embedding, y0 = step_inputs(dllm, rm, K, L, m, P, g, compile)
     V = dllm.config.vocab_size
@@ -1850,7 +1897,8 @@ def step_inputs(dllm, rm, K, L, m, P, g, compile):
     V_rm = rm.config.vocab_size
     device = dllm.device
     prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
-    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]      # (V, d) E^R
+    # (V, d) E^R
+    embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]
     y0 = torch.randint(0, V - 2, (K, L), generator=g)
     y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
     denoiser = make_denoiser(dllm, [prompt], K, L, V - 1, compile)
@@ -1859,12 +1907,14 @@ def step_inputs(dllm, rm, K, L, m, P, g, compile):
 
 
 def floor_parts(denoiser, reward, embedding, y0, cfg, g, timed):
-    """The eager floor's parts, timed alone: the dLLM forward, M reward forwards and backwards, M soft
-    embeddings q @ E forward and backward. Also the reward pass and q (K, m, V), for what follows."""
+    """The eager floor's parts, timed alone: the dLLM forward, M reward forwards and
+    backwards, M soft embeddings q @ E forward and backward. Also the reward pass and q (K,
+    m, V), for what follows."""
     K, L = y0.shape
     V = embedding.shape[0]
     m = int((y0 == V - 1).sum()) // K
-    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)            # (K, m, V)
+    # (K, m, V)
+    q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)
     e = embedding[y0].detach().requires_grad_(True)
     p = q.detach().requires_grad_(True)
     grad_e = torch.randn(K, m, embedding.shape[1], generator=g).to(embedding.device, embedding.dtype)
@@ -1885,7 +1935,8 @@ def say(text):
 
 
 def random_models(preset, device, dtype, layers=None):
-    """A preset's dLLM and reward model with random weights (`layers` layers each where asked), frozen."""
+    """A preset's dLLM and reward model with random weights (`layers` layers
+    each where asked), frozen."""
     import transformers as tf
     kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
     depth = {"num_hidden_layers": layers} if layers else {}
@@ -1913,7 +1964,8 @@ def timer(steps, cuda):
 
 
 def hardware(device, dtype, timed):
-    """This device's dense matmul rate in `dtype` (FLOP/s) and copy bandwidth (bytes read and written / s)."""
+    """This device's dense matmul rate in `dtype` (FLOP/s) and copy bandwidth (bytes
+    read and written / s)."""
     n = 8192 if torch.device(device).type == "cuda" else 1024
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     src = torch.empty(2**28 if torch.device(device).type == "cuda" else 2**25, dtype=torch.uint8, device=device)
@@ -1921,12 +1973,14 @@ def hardware(device, dtype, timed):
     return {"matmul_flop_s": 2 * n**3 / timed(lambda: a @ b), "copy_byte_s": 2 * src.numel() / timed(
         lambda: dst.copy_(src))}
 
-WAITS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")   # operators that make a CUDA host wait
+# operators that make a CUDA host wait
+WAITS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
 
 
 def count_ops(fn, V):
-    """Runs fn once, counting: aten operator calls, FLOPs (torch.utils.flop_counter), host waits, and the bytes
-    read and written by operators other than matrix products on tensors whose last axis is the vocabulary."""
+    """Runs fn once, counting: aten operator calls, FLOPs (torch.utils.flop_counter), host waits,
+    and the bytes read and written by operators other than matrix products on tensors whose last
+    axis is the vocabulary."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
     seen = {"ops": 0, "waits": 0, "vocab_bytes": 0}
