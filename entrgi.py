@@ -4,9 +4,14 @@ EntRGi: entropy-aware reward guidance for masked diffusion language models.
 A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
 Guidance for Diffusion Language Models", arXiv:2602.05000, 2026. At every denoising step, Adam
 moves the denoiser's logits psi at the still-masked positions up a reward model's gradient; the
-step samples from them. Baseline: APS, the straight-through estimator (Rout et al., 2025).
-Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct through transformers' Qwen2 and Llama classes,
-attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
+step samples from them. Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct through transformers'
+Qwen2 and Llama classes, attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
+
+References:
+1) the paper above: the relaxation's equations and Algorithm 1, named in the comments
+2) APS, the straight-through baseline: Rout et al., 2025
+3) Dream's sampler, generation_utils.py (Dream-org/Dream): top-p, the confidences, the schedule
+4) LLaDA's sampler, generate.py (ML-GSAI/LLaDA): low-confidence remasking, blocks
 
 The method, sections 1-4, is what a user copies: it needs torch (and transformers' public API
 for the reward bridge) and nothing below it.
@@ -631,7 +636,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg,
         # line 1: the denoiser's logits at the masked positions
         logits = masked_logits(denoiser, y, idx, mask_id)    # (N, m, V)
         q = torch.softmax(logits / cfg.temperature, -1)      # the unguided step
-        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)   # for line 5
+        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)   # line 5 reads it
         likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
 
         # lines 2-3: guidance moves psi; q follows it
