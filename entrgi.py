@@ -849,8 +849,8 @@ def resolve(name_or_path):
     hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)
 
     if not os.path.isdir(path) and not hub_name:
-        raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name (owner/name): "
-                         "check the path")
+        raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name "
+                         "(owner/name): check the path")
 
     if not os.path.isdir(path):
         try:
@@ -858,20 +858,24 @@ def resolve(name_or_path):
             path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
         except Exception as err:
             # the hub's, the network's: all say the same to a user
-            raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the name, or the "
-                             "machine may be offline: pass a local directory that holds its config.json") from None
+            raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the "
+                             "name, or the machine may be offline: pass a local directory that "
+                             "holds its config.json") from None
 
     for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
             with open(os.path.join(path, file), "rb") as f:
                 parsed[file] = json.loads(f.read()) if file.endswith(".json") else safetensors_header(f)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); get it again") from None
+            raise InputError(f"model {name_or_path!r}: {file} is damaged "
+                             f"({err}); get it again") from None
         except OSError as err:
-            raise InputError(f"model {name_or_path!r}: cannot read {file}: {err.strerror or err}") from None
+            raise InputError(f"model {name_or_path!r}: cannot read {file}: "
+                             f"{err.strerror or err}") from None
 
     if not isinstance(parsed.get("config.json"), dict):
-        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON object in it")
+        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with "
+                         "a JSON object in it")
 
     return path, parsed["config.json"]
 
@@ -883,7 +887,8 @@ def safetensors_header(f):
     n = int.from_bytes(f.read(8), "little")              # the header's length, then JSON
 
     if 8 + n > size:
-        raise ValueError(f"cut short: {size} bytes, less than its header needs; an interrupted download?")
+        raise ValueError(f"cut short: {size} bytes, less than its header needs; an "
+                         "interrupted download?")
 
     try:
         header = json.loads(f.read(n))
@@ -906,7 +911,8 @@ def loaded(name, what, load):
     except Exception as err:
         # any library's error on files it could not use
         why = " ".join(str(err).split())
-        raise InputError(f"cannot load the {what} of {name!r}: {type(err).__name__}: {why}") from None
+        raise InputError(f"cannot load the {what} of {name!r}: "
+                         f"{type(err).__name__}: {why}") from None
 
 
 def pick_dtype(device, dtype):
@@ -948,7 +954,8 @@ def dllm_config(name, kind, raw):
                               tie_word_embeddings=raw.get("weight_tying", False),
                               mask_token_id=raw.get("mask_token_id"))
     except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"model {name!r}: config.json is no {kind} configuration ({type(err).__name__}: {err})")
+        raise InputError(f"model {name!r}: config.json is no {kind} configuration "
+                         f"({type(err).__name__}: {err})")
 
 
 def dtype_kwarg(dtype):
@@ -970,16 +977,17 @@ def dllm_kind(name, raw):
     architectures = raw.get("architectures") or []
 
     if kind not in DLLMS:
-        raise InputError(f"{name!r} is no Dream or LLaDA diffusion LM: its config.json has model_type {kind!r}")
+        raise InputError(f"{name!r} is no Dream or LLaDA diffusion LM: its config.json has "
+                         f"model_type {kind!r}")
 
     other = [a for a in architectures if a not in DLLMS[kind]]
 
     if any("MoE" in a for a in other):
-        raise InputError(f"{name!r} is {other[0]}, a mixture of experts (LLaDA-MoE): entrgi.py loads the dense "
-                         "Dream and LLaDA models only")
+        raise InputError(f"{name!r} is {other[0]}, a mixture of experts (LLaDA-MoE): entrgi.py "
+                         "loads the dense Dream and LLaDA models only")
     if other:
-        raise InputError(f"{name!r} has model_type {kind!r} but architecture {other[0]}: entrgi.py loads "
-                         f"{' or '.join(DLLMS[kind])} only")
+        raise InputError(f"{name!r} has model_type {kind!r} but architecture {other[0]}: entrgi.py "
+                         f"loads {' or '.join(DLLMS[kind])} only")
 
     return kind
 
@@ -1010,8 +1018,8 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
 
     if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
-        raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id {mask_id}): a masked "
-                         "diffusion LM needs one")
+        raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id "
+                         f"{mask_id}): a masked diffusion LM needs one")
 
     # LLaDA's tokenizer does not name it
     tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
@@ -1025,15 +1033,17 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     path, raw = resolve(name_or_path)
 
     if not any(k.endswith("ForSequenceClassification") for k in raw.get("architectures") or []):
-        raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its config.json names "
-                         f"{raw.get('architectures')}, model_type {raw.get('model_type')!r})")
+        raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its "
+                         f"config.json names {raw.get('architectures')}, model_type "
+                         f"{raw.get('model_type')!r})")
 
     model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
         path, **dtype_kwarg(pick_dtype(device, dtype))))
     tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
 
     if not tokenizer.chat_template:
-        raise InputError(f"the reward model {name_or_path!r} has no chat template: it cannot place a response")
+        raise InputError(f"the reward model {name_or_path!r} has no chat template: it "
+                         "cannot place a response")
 
     try:
         rm_slots(tokenizer, ["a prompt"])
@@ -1041,10 +1051,12 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"reward model {name_or_path!r}: {err}") from None
 
     if model.config.num_labels != 1:
-        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} labels, not one score")
+        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} "
+                         "labels, not one score")
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
-        raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no linear `score` head "
-                         "on its last position, as Llama's, Qwen's and Gemma's classifiers have")
+        raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no "
+                         "linear `score` head on its last position, as Llama's, Qwen's and "
+                         "Gemma's classifiers have")
 
     return model.to(device).eval().requires_grad_(False), tokenizer
 
@@ -1070,8 +1082,8 @@ def check_fits(model, prompts, L):
     longest = max(map(len, prompts))
     room = model.config.max_position_embeddings
     if longest + L > room:
-        raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} positions: shorten the "
-                         "prompt or lower --max-new-tokens")
+        raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} "
+                         "positions: shorten the prompt or lower --max-new-tokens")
 
 
 def make_denoiser(model, prompts, K, L, mask_id, compile=False):
@@ -1131,7 +1143,8 @@ def parse_args(argv=None):
     add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub name or directory")
     add("--score-model", help="a second reward model, an independent judge of the final texts (default: none)")
     add("--method", default="entrgi", choices=[*METHODS, "all"],
-        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, unguided); all four")
+        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, "
+             "unguided); all four")
     add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
     add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
     add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
@@ -1143,7 +1156,8 @@ def parse_args(argv=None):
     add("--temperature", type=float, default=0.7, help="tau, sampling temperature, in [0.001, 1000]")
     add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
     add("--entropy-from", choices=["sampling", "model"], default="sampling",
-        help="the entropy weight w from softmax(psi / tau) (sampling, the paper) or softmax(psi) (model, the scripts)")
+        help="the entropy weight w from softmax(psi / tau) (sampling, the paper) or softmax(psi) "
+             "(model, the scripts)")
     add("--remasking", choices=REMASKING, default="entropy", help="which masked positions a step reveals first")
     add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
     add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
@@ -1181,11 +1195,13 @@ def pick_device(device):
         raise InputError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     kind = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if kind.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device} was asked for but CUDA is not available here: use --device cpu")
+        raise InputError(f"--device {device} was asked for but CUDA is not available "
+                         "here: use --device cpu")
     if kind.type == "cuda" and kind.index is None:      # under torchrun, one GPU per process
         kind = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if kind.type == "cuda" and kind.index >= torch.cuda.device_count():
-        raise InputError(f"there is no {kind}: this machine has {torch.cuda.device_count()} CUDA devices")
+        raise InputError(f"there is no {kind}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices")
     return str(kind)
 
 
@@ -1201,7 +1217,8 @@ def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=No
     y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
 
     if skipped.item():
-        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its gradient was not finite")
+        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its "
+                      "gradient was not finite")
 
     texts = decode(tok, y, eos)
     results = []
@@ -1375,7 +1392,8 @@ def read_prompts(path, field="prompt"):
             raise InputError(f"{path} line {n} is not JSON: "
                              "a .jsonl prompts file holds one JSON object per line") from None
         if not isinstance(record, dict) or field not in record:
-            raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" field (--prompt-field)')
+            raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" '
+                             'field (--prompt-field)')
         if not isinstance(record[field], str):
             raise InputError(f'{path} line {n}: its "{field}" field is {type(record[field]).__name__}, not text: '
                              "a prompt is one string (--prompt-field names another field)")
@@ -1404,8 +1422,8 @@ def check_text(text, where):
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         bad = err.object[err.start:err.end]
-        raise InputError(f"{where}: the prompt is not valid UTF-8 text ({ascii(bad)} at character {err.start}): "
-                         "save it as UTF-8") from None
+        raise InputError(f"{where}: the prompt is not valid UTF-8 text ({ascii(bad)} at character "
+                         f"{err.start}): save it as UTF-8") from None
 
 
 def hold(path):
@@ -1425,8 +1443,8 @@ def hold(path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise InputError(f"--output {path!r} is being written by another run (the same command started twice?): "
-                         "wait for it, or pass another --output") from None
+        raise InputError(f"--output {path!r} is being written by another run (the same command "
+                         "started twice?): wait for it, or pass another --output") from None
 
     return f
 
@@ -1466,12 +1484,14 @@ def read_output(path, prompts, field, settings):
             continue
         if isinstance(r, dict) and isinstance(r.get("settings"), dict) and r["settings"] != settings:
             key = next(k for k in sorted(set(settings) | set(r["settings"])) if r["settings"].get(k) != settings.get(k))
-            raise InputError(f"--output {path!r} line {n} was written with {key} = {r['settings'].get(key)!r}, this "
-                             f"command has {key} = {settings.get(key)!r}: refusing to mix them; pass another --output")
+            raise InputError(f"--output {path!r} line {n} was written with {key} = "
+                             f"{r['settings'].get(key)!r}, this command has {key} = "
+                             f"{settings.get(key)!r}: refusing to mix them; pass another --output")
         if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
                 and r.get("method") in METHODS and r.get("settings") == settings):
-            raise InputError(f"--output {path!r} line {n} was not written by this command (another prompts file or "
-                             "other settings): refusing to append to it; pass another --output")
+            raise InputError(f"--output {path!r} line {n} was not written by this command "
+                             "(another prompts file or other settings): refusing to append to "
+                             "it; pass another --output")
         done.add((i, r["method"]))
 
     return done, len(whole.encode("utf-8"))
@@ -1523,7 +1543,8 @@ def check_run(args):
         if path and os.path.isdir(path):
             raise InputError(f"cannot write {flag} {path!r}: it is a folder")
         if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
-            raise InputError(f"cannot write {flag} {path!r}: its folder does not exist or is read-only")
+            raise InputError(f"cannot write {flag} {path!r}: its folder does not "
+                             "exist or is read-only")
         if path and os.path.exists(path) and not os.access(path, os.W_OK):
             raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
         if path:
@@ -1591,13 +1612,15 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
     for i, result in zip(batch, out):
         scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
         if not all(map(math.isfinite, scores)):
-            raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a number): "
-                             "the reward model's weights or --dtype (float16 overflows) are at fault")
+            raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a "
+                             "number): the reward model's weights or --dtype (float16 "
+                             "overflows) are at fault")
         results.append({**prompts[i], "index": i, **result, "settings": settings})
         traces.append(trace)
         for j, r in enumerate(result["responses"] if one else []):
             judged = f", judge's score {r['score']:.4f}" if judge else ""
-            show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+            show(f"--- {cfg.method} trajectory {j}: reward "
+                 f"{r['reward']:.4f}{judged}\n{r['text']}\n")
         if args.output:
             append_line(args.output, results[-1])
         progress["done"] += 1
@@ -1605,8 +1628,9 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
         total = progress["total"]
         seconds = time.perf_counter() - progress["began"]
         left = f", about {seconds / done * (total - done):.0f} s left" if done < total else ""
-        print(f"prompt {i} {cfg.method} ({done} of {total}): Top@1 {result['top1_reward']:.4f}  Avg@{cfg.K} "
-              f"{result['avg_reward']:.4f}  {seconds / done:.1f} s per result{left}", file=sys.stderr)
+        print(f"prompt {i} {cfg.method} ({done} of {total}): Top@1 "
+              f"{result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}  "
+              f"{seconds / done:.1f} s per result{left}", file=sys.stderr)
 
 
 def agree(world, error):
@@ -1678,7 +1702,8 @@ def run_checked(args, cfgs, prompts, settings):
     """`run` after the checks, with --output held."""
     done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
     if args.trace and done:
-        raise InputError(f"--output {args.output!r} holds this run already: to trace it, pass another --output")
+        raise InputError(f"--output {args.output!r} holds this run already: to trace it, "
+                         "pass another --output")
     device = pick_device(args.device)
     warn_slow_dtype(device, args.dtype)
     world, rank = join_processes(args, device, whole)
@@ -1697,7 +1722,8 @@ def run_checked(args, cfgs, prompts, settings):
     models = (dllm, tok, rm, rm_tok, embedding)
     results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo, world)
     if device.startswith("cuda"):
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", file=sys.stderr)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {peak:.2f} GiB", file=sys.stderr)
     if args.trace:
         write_page(args.trace, trace_page(args.prompt, settings, results, traces, tok))
         print(f"the denoising page: {args.trace}", file=sys.stderr)
@@ -1752,8 +1778,8 @@ def leave(status):
 def warn_slow_dtype(device, dtype):
     """bfloat16 and float16 have no fast kernels on most CPUs: say so before a slow run."""
     if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
-        print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 (17x measured on "
-              "the tests' models); leave --dtype auto there", file=sys.stderr)
+        print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 "
+              "(17x measured on the tests' models); leave --dtype auto there", file=sys.stderr)
 
 
 def deterministic():
@@ -1776,7 +1802,8 @@ def main(argv=None):
         if args.benchmark:
             cfg = configs(args)[0]
             if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
-                raise InputError("--benchmark times one method (not all), at least one repetition, at least one layer")
+                raise InputError("--benchmark times one method (not all), at least one "
+                                 "repetition, at least one layer")
             warn_slow_dtype(pick_device(args.device), args.dtype)
             result = benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
                                args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step,
