@@ -1132,24 +1132,43 @@ class WriteError(OSError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a reward model.",
+    p = argparse.ArgumentParser(prog="entrgi.py",
+                                description="EntRGi: steer a diffusion LM with a reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = p.add_argument
+    input_flags(p.add_argument_group("prompts, models and files").add_argument)
+    method_flags(p.add_argument_group("the method (the paper's symbols)").add_argument)
+    run_flags(p.add_argument_group("the machine and the benchmark").add_argument)
+    return p, p.parse_args(argv)
+
+
+def input_flags(add):
     add("--prompt", help="the user prompt")
-    add("--prompts-file", help="many prompts: text, one per line, or .jsonl, one JSON object per line; needs --output")
-    add("--prompt-field", default="prompt", help="the field of a .jsonl prompts file that holds the prompt")
+    add("--prompts-file",
+        help="many prompts: text, one per line, or .jsonl, one JSON object per line; needs --output")
+    add("--prompt-field", default="prompt",
+        help="the field of a .jsonl prompts file that holds the prompt")
     add("--batch-size", type=int, default=1, help="prompts per batch (each prompt: K rows), >= 1")
-    add("--dllm", default="Dream-org/Dream-v0-Instruct-7B", help="diffusion LM, Dream or LLaDA: hub name or directory")
-    add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub name or directory")
-    add("--score-model", help="a second reward model, an independent judge of the final texts (default: none)")
+    add("--dllm", default="Dream-org/Dream-v0-Instruct-7B",
+        help="diffusion LM, Dream or LLaDA: hub name or directory")
+    add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
+        help="reward model: hub name or directory")
+    add("--score-model",
+        help="a second reward model, an independent judge of the final texts (default: none)")
+    add("--output",
+        help="FILE.jsonl: one line per prompt and method as each finishes; the same command again "
+             "resumes")
+    add("--trace", help="--prompt: FILE.html, a self-contained page of the denoising")
+
+
+def method_flags(add):
     add("--method", default="entrgi", choices=[*METHODS, "all"],
-        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, "
-             "unguided); all four")
+        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, unguided); all four")
     add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
     add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
     add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
-    add("--block-length", type=int, help="tokens per block, blocks revealed left to right; it divides L, and the "
-                                         "number of blocks divides T (default L: one block)")
+    add("--block-length", type=int,
+        help="tokens per block, blocks revealed left to right; it divides L, and the number of "
+             "blocks divides T (default L: one block)")
     add("--guidance-steps", type=int, default=3, help="M, Adam steps on psi per denoising step, >= 0")
     add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
     add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
@@ -1158,23 +1177,33 @@ def parse_args(argv=None):
     add("--entropy-from", choices=["sampling", "model"], default="sampling",
         help="the entropy weight w from softmax(psi / tau) (sampling, the paper) or softmax(psi) "
              "(model, the scripts)")
-    add("--remasking", choices=REMASKING, default="entropy", help="which masked positions a step reveals first")
-    add("--schedule", choices=["dream", "linear"], default="dream", help="tokens revealed per step: dream or linear")
-    add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token like any other")
-    add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets seed + i")
+    add("--remasking", choices=REMASKING, default="entropy",
+        help="which masked positions a step reveals first")
+    add("--schedule", choices=["dream", "linear"], default="dream",
+        help="tokens revealed per step: dream or linear")
+    add("--no-eos-last", dest="eos_last", action="store_false",
+        help="reveal a sampled end token like any other")
+    add("--seed", type=int, default=0,
+        help="in [0, 2**63); the prompt at position i of a file gets seed + i")
+
+
+def run_flags(add):
     add("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="auto: bfloat16 on CUDA")
-    add("--output", help="FILE.jsonl: one line per prompt and method as each finishes; the same command again resumes")
-    add("--trace", help="--prompt: FILE.html, a self-contained page of the denoising")
-    add("--benchmark", choices=list(PRESETS), help="time a guided step of random models of a preset's sizes")
+    add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on CUDA")
+    add("--compile", action="store_true",
+        help="torch.compile both models' forwards (pays on a GPU; compiling takes minutes at the "
+             "real size)")
+    add("--deterministic", action="store_true",
+        help="CUDA: deterministic kernels only (the same command gives the same tokens on the same "
+             "GPU; attention runs its plain math kernel)")
+    add("--benchmark", choices=list(PRESETS),
+        help="time a guided step of random models of a preset's sizes")
     add("--benchmark-steps", type=int, default=3, help="repetitions of each timing, >= 1")
-    add("--benchmark-layers", type=int, help="N layers in both models, the vocabularies and widths kept")
-    add("--benchmark-first-step", action="store_true", help="time the first step (m = L masked), not the average one")
-    add("--compile", action="store_true", help="torch.compile both models' forwards (pays on a GPU; compiling takes "
-        "minutes at the real size)")
-    add("--deterministic", action="store_true", help="CUDA: deterministic kernels only (the same command gives the "
-        "same tokens on the same GPU; attention runs its plain math kernel)")
-    return p, p.parse_args(argv)
+    add("--benchmark-layers", type=int,
+        help="N layers in both models, the vocabularies and widths kept")
+    add("--benchmark-first-step", action="store_true",
+        help="time the first step (m = L masked), not the average one")
 
 
 def configs(args):
