@@ -606,6 +606,7 @@ def adam_step(psi, g, moment1, moment2, step, lr, betas, eps):
 # -----------------------------------------------------------------------------
 # 4. The sampler (Algorithm 1)
 
+
 GUIDE_STREAM = 7919  # guidance's generators are seeded seed + this (a prime)
 EOS_LAST = 1e4       # lowers a drawn end token's confidence below all others
 
@@ -839,6 +840,7 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
 # -----------------------------------------------------------------------------
 # 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
+
 def resolve(name_or_path):
     """A local directory, or a hub name downloaded (or found in the cache): (its path, its
     config.json), once no file of it is damaged (JSON that is not JSON, a .safetensors file cut
@@ -927,18 +929,36 @@ def bidirectional(model):
         layer.self_attn.is_causal = False
     return model
 
-LLADA_WEIGHTS = {   # LLaDA's weight names -> transformers' LlamaForCausalLM's (regular expressions, applied in order)
-    r"^model\.transformer\.wte\.": "model.embed_tokens.", r"^model\.transformer\.ln_f\.": "model.norm.",
-    r"^model\.transformer\.ff_out\.": "lm_head.",
-    **{r"^model\.transformer\.blocks\.(\d+)\." + a: r"model.layers.\1." + b for a, b in (
-        ("attn_norm", "input_layernorm"), ("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
-        ("v_proj", "self_attn.v_proj"), ("attn_out", "self_attn.o_proj"), ("ff_norm", "post_attention_layernorm"),
-        ("ff_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))},   # ff_proj: the gate
-}
 
-LLADA_CONFIG = {"embedding_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",   # OLMo's
-                "n_heads": "num_attention_heads", "mlp_hidden_size": "intermediate_size", "rope_theta": "rope_theta",
-                "rms_norm_eps": "rms_norm_eps", "max_sequence_length": "max_position_embeddings"}   # -> Llama's
+LLADA_BLOCK = {   # a LLaDA block's weights -> a Llama layer's
+    "attn_norm": "input_layernorm",
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "attn_out": "self_attn.o_proj",
+    "ff_norm": "post_attention_layernorm",
+    "ff_proj": "mlp.gate_proj",          # LLaDA's ff_proj is the gate
+    "up_proj": "mlp.up_proj",
+    "ff_out": "mlp.down_proj",
+}
+# LLaDA's weight names -> LlamaForCausalLM's: regular expressions, applied in order
+LLADA_WEIGHTS = {
+    r"^model\.transformer\.wte\.": "model.embed_tokens.",
+    r"^model\.transformer\.ln_f\.": "model.norm.",
+    r"^model\.transformer\.ff_out\.": "lm_head.",
+    **{r"^model\.transformer\.blocks\.(\d+)\." + theirs: r"model.layers.\1." + ours
+       for theirs, ours in LLADA_BLOCK.items()},
+}
+LLADA_CONFIG = {   # LLaDA's config.json keys (OLMo's) -> LlamaConfig's
+    "embedding_size": "vocab_size",
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "mlp_hidden_size": "intermediate_size",
+    "rope_theta": "rope_theta",
+    "rms_norm_eps": "rms_norm_eps",
+    "max_sequence_length": "max_position_embeddings",
+}
 
 
 def dllm_config(name, kind, raw):
@@ -965,6 +985,7 @@ def dtype_kwarg(dtype):
     config_class = getattr(tf, "PreTrainedConfig", None) or tf.PretrainedConfig
     takes_dtype = "dtype" in inspect.signature(config_class.__init__).parameters
     return {"dtype" if takes_dtype else "torch_dtype": dtype}
+
 
 # model_type -> the architectures loaded
 DLLMS = {"Dream": ("DreamModel",), "llada": ("LLaDAModelLM",)}
@@ -1121,6 +1142,7 @@ def decode(tokenizer, y, eos_ids):
 
 # -----------------------------------------------------------------------------
 # 6. The command line
+
 
 class InputError(ValueError):
     """Bad input: the command line prints the message and exits with status 2."""
@@ -1336,6 +1358,7 @@ def settings_list(settings):
              for name, value in settings.items())
     return f'<dl class="settings">{"".join(items)}</dl>'
 
+
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>EntRGi denoising trace</title><style>
 body { font: 14px/1.45 sans-serif; margin: 1em 1.5em; color: #222 }
@@ -1437,6 +1460,7 @@ def read_prompts(path, field="prompt"):
         raise InputError(f"--prompts-file {path!r} holds no prompt")
 
     return records
+
 
 OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward", "top1_score",
               "avg_score", "settings", "summary"}   # what a result line holds besides the prompt file's own fields
@@ -1860,26 +1884,36 @@ def main(argv=None):
 # -----------------------------------------------------------------------------
 # 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
 
-SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-               num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
-               num_labels=1, pad_token_id=151643)
-PRESETS = {   # the dLLM's configuration class and fields; the reward model's (Qwen3, one label)
-    "real": ("Qwen2Config", dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-             # Dream 7B
-             num_attention_heads=28, num_key_value_heads=4, rope_theta=1e6, rms_norm_eps=1e-6,
-             tie_word_embeddings=False, shift_logits=True), SKYWORK),
-    "llada": ("LlamaConfig", dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
-              # LLaDA 8B
-              num_attention_heads=32, num_key_value_heads=32, rope_theta=5e5, rms_norm_eps=1e-5,
-              tie_word_embeddings=False, shift_logits=False), SKYWORK),
-    "small": ("Qwen2Config", dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-              num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
-              dict(vocab_size=32768, hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
-                   num_attention_heads=6, num_key_value_heads=2, head_dim=64, num_labels=1, pad_token_id=0)),
-    "tiny": ("Qwen2Config", dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,   # tests'
-             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, shift_logits=True),
-             dict(vocab_size=360, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, num_labels=1, pad_token_id=0)),
+
+# The presets' models: the dLLM's configuration class and fields, and the reward model's (Qwen3,
+# one label). The real sizes: Dream 7B and LLaDA 8B, each with Skywork-Reward-V2-Qwen3-1.7B.
+SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+               num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+               head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, num_labels=1,
+               pad_token_id=151643)
+DREAM_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, shift_logits=True)
+LLADA_8B = dict(vocab_size=126464, hidden_size=4096, intermediate_size=12288,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                rope_theta=5e5, rms_norm_eps=1e-5, tie_word_embeddings=False, shift_logits=False)
+SMALL_DLLM = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536,
+                  num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                  tie_word_embeddings=False, shift_logits=True)
+SMALL_RM = dict(vocab_size=32768, hidden_size=384, intermediate_size=1024,
+                num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+                head_dim=64, num_labels=1, pad_token_id=0)
+TINY_DLLM = dict(vocab_size=384, hidden_size=64, intermediate_size=128,           # the tests'
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 tie_word_embeddings=False, shift_logits=True)
+TINY_RM = dict(vocab_size=360, hidden_size=64, intermediate_size=128,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               head_dim=16, num_labels=1, pad_token_id=0)
+PRESETS = {
+    "real": ("Qwen2Config", DREAM_7B, SKYWORK),
+    "llada": ("LlamaConfig", LLADA_8B, SKYWORK),
+    "small": ("Qwen2Config", SMALL_DLLM, SMALL_RM),
+    "tiny": ("Qwen2Config", TINY_DLLM, TINY_RM),
 }
 
 
@@ -2034,6 +2068,7 @@ def hardware(device, dtype, timed):
     return {"matmul_flop_s": 2 * n**3 / timed(lambda: a @ b), "copy_byte_s": 2 * src.numel() / timed(
         lambda: dst.copy_(src))}
 
+
 # operators that make a CUDA host wait
 WAITS = ("_local_scalar_dense", "nonzero", "masked_select", "unique")
 
@@ -2090,6 +2125,7 @@ def report(r):
           f"({draw * 1e3:.1f} / {softmax * 1e3:.1f} ms)")
     peak = "       n/a" if peak is None else f"{peak:10.2f} GiB"
     print(f"  {'peak memory beyond the weights':<40} {peak}   (weights {r['weights_gib']:.2f} GiB)")
+
 
 if __name__ == "__main__":
     main()
