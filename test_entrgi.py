@@ -633,7 +633,30 @@ def test_guide_leaves_the_caller_s_logits_unless_asked_to_overwrite():
 COPIED = ["relax", "SoftEmbedding", "entropy", "top_p_sample", "inverse_cdf", "mass_above", "least_in_nucleus",
           "fallback_rows", "nucleus", "uniform", "guide", "sample", "read_limit", "schedule", "confidence",
           "logits_hook", "make_reward", "rm_score", "score_texts", "reads", "left_pad", "attention_bias",
-          "cache_keyword", "new_cache", "rm_slots", "rm_chat", "Config"]
+          "cache_keyword", "new_cache", "rm_slots", "rm_chat", "Config", "adam_step", "masked_logits",
+          "most_confident", "reveal_counts", "takes_widths", "prefix_cache", "stripped_ids", "vocab_map"]
+
+
+def test_the_method_is_a_contiguous_stretch_that_uses_nothing_below_it():
+    """Everything above the line that opens "what runs the method" (Config, sections 1-4) names
+    nothing defined below it: a user copies that stretch, with the imports, and nothing else."""
+    import ast
+    with open(entrgi.__file__, encoding="utf-8") as f:
+        source = f.read()
+    cut = source.index("# What runs the method, not part of it")
+    tree = ast.parse(source)
+    line = source[:cut].count("\n") + 1
+    below = {getattr(n, "name", None) or getattr(n.targets[0], "id", None)
+             for n in tree.body if n.lineno > line and isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))}
+    used = set()
+    for top in (n for n in tree.body if n.lineno < line):
+        local = {a.arg for n in ast.walk(top) if isinstance(n, ast.arguments)
+                 for a in n.args + n.kwonlyargs + n.posonlyargs}
+        local |= {n.id for n in ast.walk(top) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        used |= {n.id for n in ast.walk(top) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - local
+    assert below and not used & below, used & below
+    assert {"relax", "guide", "sample", "make_reward", "logits_hook"} <= {
+        n.name for n in tree.body if n.lineno < line and isinstance(n, ast.FunctionDef)}
 
 
 @pytest.mark.parametrize("name", COPIED)
