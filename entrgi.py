@@ -1966,7 +1966,7 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     peak = peak_memory(step, cuda)
 
     say("benchmark: timing the step, its parts, the device")
-    parts, rm_pass, q = floor_parts(denoiser, reward, embedding, y0, cfg, g, timed)
+    parts, rm_pass, q = floor_parts(denoiser, reward, embedding, y0, m, cfg, g, timed)
     total = timed(step)
     counts = {name: count_ops(fn, V) for name, fn in (("step", step), ("dllm", lambda: denoiser(y0)), ("rm", rm_pass))}
     rates = hardware(device, dtype, timed)
@@ -2001,13 +2001,12 @@ def step_inputs(dllm, rm, K, L, m, P, g, compile):
     return denoiser, reward, embedding, y0
 
 
-def floor_parts(denoiser, reward, embedding, y0, cfg, g, timed):
+def floor_parts(denoiser, reward, embedding, y0, m, cfg, g, timed):
     """The eager floor's parts, timed alone: the dLLM forward, M reward forwards and
-    backwards, M soft embeddings q @ E forward and backward. Also the reward pass and q (K,
-    m, V), for what follows."""
-    K, L = y0.shape
+    backwards, M soft embeddings q @ E forward and backward, m masked positions per row.
+    Also the reward pass and q (K, m, V), for what follows."""
+    K = y0.shape[0]
     V = embedding.shape[0]
-    m = int((y0 == V - 1).sum()) // K
     # (K, m, V)
     q = torch.softmax(denoiser(y0)[y0 == V - 1].view(K, m, V) / cfg.temperature, -1)
     e = embedding[y0].detach().requires_grad_(True)
