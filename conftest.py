@@ -5,17 +5,22 @@
   tokenizer with LLaDA's special tokens and chat template, no mask token declared);
 - a Qwen3ForSequenceClassification reward model whose tokenizer has a different but overlapping
   vocabulary;
-- where ../shared/tokenizers exists: Dream and Skywork-Reward-V2 models of the real vocabulary
-  sizes, random and tiny otherwise, saved beside the real tokenizers."""
+- beside the real tokenizers (../shared/tokenizers, or the hub's where it answers): Dream and
+  Skywork-Reward-V2 models of the real vocabulary sizes, random and tiny otherwise."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
-import pytest
-import torch
-
+# torch's threads, here and in the command lines the tests start: one (set before torch loads). On a
+# 2-core machine with other work running, a thread per core ran the tests 3-10 times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # tests never reach a hub
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_configure(config):
@@ -171,17 +176,31 @@ def llada_dir(tmp_path_factory):
 
 
 REAL_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tokenizers")
+HUB_TOKENIZERS = {"dream-v0-instruct-7b": "Dream-org/Dream-v0-Instruct-7B",
+                  "skywork-reward-v2-qwen3-1.7b": "Skywork/Skywork-Reward-V2-Qwen3-1.7B"}
+TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja"]
+FETCH = """import sys
+from huggingface_hub import HfApi, snapshot_download
+HfApi().model_info(sys.argv[1], timeout=20)
+print(snapshot_download(sys.argv[1], allow_patterns=sys.argv[2:]))"""
 
 
 @pytest.fixture(scope="session")
 def real_tokenizers():
-    """The real tokenizers' folders (Dream-v0-Instruct-7B, Skywork-Reward-V2-Qwen3-1.7B), or a skip."""
-    names = ("dream-v0-instruct-7b", "skywork-reward-v2-qwen3-1.7b")
-    dream, skywork = (os.path.join(REAL_TOKENIZERS, n) for n in names)
-    if not (os.path.isdir(dream) and os.path.isdir(skywork)):
-        pytest.skip(f"the real tokenizers are not in {REAL_TOKENIZERS} (they come with the project's shared folder, "
-                    "not with the repository)")
-    return dream, skywork
+    """The real tokenizers' folders (Dream-v0-Instruct-7B, Skywork-Reward-V2-Qwen3-1.7B): the project's shared
+    folder's where it lies beside the repository (as in CI), else the hub's (their tokenizer files only, a few
+    MB, into the hub's cache), else a skip that says how to run them."""
+    folders = [os.path.join(REAL_TOKENIZERS, name) for name in HUB_TOKENIZERS]
+    if all(map(os.path.isdir, folders)):
+        return tuple(folders)
+    try:
+        return tuple(subprocess.run([sys.executable, "-c", FETCH, name, *TOKENIZER_FILES], capture_output=True,
+                                    text=True, timeout=120, check=True, env={**os.environ, "HF_HUB_OFFLINE": "0"}
+                                    ).stdout.strip().splitlines()[-1] for name in HUB_TOKENIZERS.values())
+    except (subprocess.SubprocessError, OSError, IndexError):
+        pytest.skip("the real tokenizers are neither in ../shared/tokenizers nor reachable on the hub: where "
+                    "huggingface.co answers, `python -m pytest test_real_tokenizers.py` fetches them (a few MB)")
 
 
 @pytest.fixture(scope="session")

@@ -1,45 +1,44 @@
 """
-EntRGi: entropy-aware reward guidance for masked diffusion language models.
+EntRGi: entropy-aware reward guidance for masked diffusion language models. The method, sections
+1-4, needs torch alone; below its banner is what runs it (loading, the command line, the benchmark).
 
-A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
-Guidance for Diffusion Language Models", arXiv:2602.05000, 2026. At every denoising step, Adam
-moves the denoiser's logits psi at the still-masked positions up a reward model's gradient; the
-step samples from them. Models: Dream-v0-Instruct-7B and LLaDA-8B-Instruct through transformers'
-Qwen2 and Llama classes, attending both ways; the reward model Skywork-Reward-V2-Qwen3-1.7B.
 
 References:
-1) the paper above: the relaxation's equations and Algorithm 1, named in the comments
+1) A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
+   Guidance for Diffusion Language Models", arXiv:2602.05000, 2026: the relaxation, Algorithm 1
 2) APS, the straight-through baseline: Rout et al., 2025
 3) Dream's sampler, generation_utils.py (Dream-org/Dream): top-p, the confidences, the schedule
 4) LLaDA's sampler, generate.py (ML-GSAI/LLaDA): low-confidence remasking, blocks
-
-The method, sections 1-4, is what a user copies: it needs torch (and transformers' public API
-for the reward bridge) and nothing below it.
-  1. the relaxation            2. the reward bridge        3. the guided step (lines 2-3)
-  4. the sampler (Algorithm 1, lines 1-6; Dream's and LLaDA's reveal rules; the logits hook)
-What runs it: 5. loading, 6. the command line, files and the trace page, 7. the benchmark.
 """
 
-import argparse
-import contextlib
-import errno
-import html
-import inspect
-import json
-import math
 import os
-import re
-import stat
-import sys
-import time
-import warnings
-from dataclasses import asdict, dataclass
+import signal
+
+
+def interrupted(signum, frame):
+    """Ctrl-C before main() takes over (while torch loads): one line, status 130."""
+    os.write(2, b"\nentrgi.py: interrupted\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, interrupted)
+
+# (imported after the handler: Ctrl-C while they load ends in the same line)
+import inspect
+import math
+from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
+
 
 METHODS = ("bon", "soft", "aps", "entrgi")
 REMASKING = ("entropy", "probability", "margin", "random")
+CHOICES = {"method": METHODS, "entropy_from": ("sampling", "model"), "remasking": REMASKING,
+           "schedule": ("dream", "linear"), "eos_last": (True, False)}
+RANGES = {"K": (1, 2**16), "T": (1, 2**16), "L": (1, 2**16), "M": (0, 2**16), "lr": (0.0, 1e3),
+          "temperature": (1e-3, 1e3), "top_p": (0.0, 1.0), "seed": (0, 2**63 - 1),
+          "guide_every": (1, 2**16)}                # int fields have int bounds, floats float ones
 
 
 @dataclass
@@ -51,13 +50,12 @@ class Config:
     M: int = 3                  # Adam steps on psi per denoising step
     lr: float = 0.5             # eta (the authors' README; their scripts: 1.0)
     temperature: float = 0.7    # tau
-    top_p: float = 0.95
+    top_p: float = 0.95         # 0: the most likely token (and its ties) alone
     seed: int = 0
-    block_length: int | None = None  # blocks revealed left to right (None: one)
-    entropy_from: str = "sampling"   # w from softmax(psi / tau) | "model": softmax(psi)
-    remasking: str = "entropy"  # line 5's order (`confidence`): entropy | probability
-                                # | margin | random
-    schedule: str = "dream"     # tokens revealed per step (`schedule`): dream | linear
+    block_length: int | None = None  # blocks revealed left to right (None: one block)
+    entropy_from: str = "sampling"   # w from softmax(psi / tau); "model": softmax(psi)
+    remasking: str = "entropy"  # line 5's order: entropy | probability | margin | random
+    schedule: str = "dream"     # tokens revealed per step: dream | linear
     eos_last: bool = True       # a sampled end token is revealed after all others
     guide_every: int = 1        # guide steps 0, k, 2k, ... (the authors' apply_every_k)
 
@@ -66,36 +64,29 @@ class Config:
         return self.method != "bon" and self.M > 0 and self.lr > 0
 
     def check(self):
-        """Raise ValueError for the first setting out of its range; return self."""
-        def need(ok, message):
-            if not ok:
-                raise ValueError(message)
-
-        need(self.method in METHODS,
-             f"unknown method {self.method!r}: choose one of {', '.join(METHODS)} or all")
-        for name, least in (("K", 1), ("T", 1), ("L", 1), ("M", 0), ("guide_every", 1)):
+        """self, or a ValueError naming the first field that does not fit."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name, (low, high) in RANGES.items():
             value = getattr(self, name)
-            need(value >= least, f"{name} must be at least {least}, got {value}")
-        need(math.isfinite(self.lr) and self.lr >= 0,
-             f"the learning rate eta must be finite and >= 0, got {self.lr}")
-        need(1e-3 <= self.temperature <= 1e3,
-             f"the temperature tau must lie in [0.001, 1000], got {self.temperature}")
-        need(0 < self.top_p <= 1, f"top-p must lie in (0, 1], got {self.top_p}")
-        need(0 <= self.seed < 2**63, f"the seed must lie in [0, 2**63), got {self.seed}")
-
-        choices = {"entropy_from": ("sampling", "model"), "remasking": REMASKING,
-                   "schedule": ("dream", "linear")}
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            need(value in allowed, f"{name} is one of {', '.join(allowed)}, got {value!r}")
+            kind = int if type(low) is int else (int, float)
+            if type(value) is bool or not isinstance(value, kind) or not low <= value <= high:
+                raise ValueError(f"{name} must be {type(low).__name__} in [{low}, {high}], "
+                                 f"got {value!r}")
 
         block = self.L if self.block_length is None else self.block_length
-        need(1 <= block <= self.L and self.L % block == 0,
-             f"the block length {block} must divide L = {self.L}")
-        blocks = self.L // block
-        need(self.T % blocks == 0,
-             f"L / block length = {blocks} blocks share T = {self.T} steps: it must divide T")
+        if type(block) is not int or not 1 <= block <= self.L or self.L % block \
+                or self.T % (self.L // block):
+            raise ValueError(f"block_length must divide L = {self.L} into blocks that share "
+                             f"T = {self.T} evenly, got {self.block_length!r}")
         return self
+
+
+def expect(ok, message, error=ValueError):
+    """An argument's check: raise error(message) unless ok."""
+    if not ok:
+        raise error(message)
 
 
 # -----------------------------------------------------------------------------
@@ -104,69 +95,34 @@ class Config:
 
 def relax(logits, embedding, method, temperature, top_p, generator,
           x=None, entropy_from="sampling"):
-    """The reward model's input e (..., d) at positions whose logits are
-    psi (..., V), and the entropy weights w (...).
-    embedding (V, d): E^R, the reward model's embeddings in the dLLM's order.
+    """The reward model's input e (..., d) at positions whose logits are psi (..., V), and the
+    entropy weights w (...). embedding (V, d): E^R in the dLLM's token order.
 
       q      = softmax(psi / tau)
-      e_soft = sum_i q_i E_i                 the soft relaxation
-      e_hard = E[x],  x ~ top-p(q)           a hard token
-      w      = H(q) / log |V|                the entropy weight, in [0, 1]
+      e_soft = q E                                 the soft relaxation
+      e_hard = E[x],  x ~ top-p(q)                 a hard token
+      w      = H(q) / log |V|                      the entropy weight, in [0, 1]
       e      = e_soft + sg(w (e_hard - e_soft))    EntRGi; sg: stop-gradient
 
-    e's value is (1 - w) e_soft + w e_hard; its gradient is e_soft's.
-    soft: w = 0. aps (straight-through): w = 1.
-    x: a hard token to hold fixed, instead of a fresh draw.
-    entropy_from="model": w from softmax(psi), as the authors' scripts do.
+    soft: w = 0; aps (straight-through): w = 1. x: a hard token to hold, not drawn.
+    entropy_from="model": w from softmax(psi), as the authors' scripts compute it.
     """
-    if method not in ("soft", "aps", "entrgi"):
-        raise ValueError(f"unknown relaxation {method!r}: choose entrgi, aps or soft")
-
-    q = torch.softmax(logits.detach() / temperature, -1)     # (..., V)
-    e_soft = SoftEmbedding.apply(logits, q, embedding, temperature)
+    expect(method in ("soft", "aps", "entrgi"), f"method must be entrgi, aps or soft: {method!r}")
+    expect(torch.is_tensor(logits) and logits.is_floating_point() and torch.is_tensor(embedding)
+           and embedding.shape[0] == logits.shape[-1],
+           "logits (..., V) and embedding (V, d) must be float tensors of one V", TypeError)
+    expect(temperature > 0 and 0 <= top_p <= 1, "temperature must be > 0 and top_p in [0, 1]")
+    q = torch.softmax(logits / temperature, -1)                  # (..., V)
+    e_soft = q.to(embedding.dtype) @ embedding                   # (..., d)
     if method == "soft":
         return e_soft, torch.zeros(q.shape[:-1], device=q.device)
 
     with torch.no_grad():
-        if x is None:
-            x = top_p_sample(q, top_p, generator)
-        if method == "aps":
-            w = torch.ones(q.shape[:-1], device=q.device)
-        elif entropy_from == "sampling":
-            w = entropy(q) / math.log(q.shape[-1])
-        else:
-            w = entropy(torch.softmax(logits.detach(), -1)) / math.log(q.shape[-1])
-
-    e_hard = embedding[x]                                     # (..., d)
-    step = w.unsqueeze(-1).to(e_soft.dtype) * (e_hard - e_soft)
-    return e_soft + step.detach(), w
-
-
-class SoftEmbedding(torch.autograd.Function):
-    """e_soft = q @ E with q = softmax(psi / tau), differentiable in psi.
-
-    Plain form, left to autograd:
-        e_soft = torch.softmax(psi / tau, -1) @ E
-    Its backward, written out here to use one (..., V) buffer:
-        d e_soft / d psi_i = q_i (E_i - e_soft) / tau
-        grad_psi = q (g - <q, g>) / tau,   g = grad_e E^T
-    """
-
-    @staticmethod
-    def forward(ctx, psi, q, E, tau):
-        ctx.save_for_backward(q, E)
-        ctx.tau = tau
-        return q.to(E.dtype) @ E                              # (..., d)
-
-    @staticmethod
-    def backward(ctx, grad_e):
-        q, E = ctx.saved_tensors
-        g = (grad_e @ E.T).to(q.dtype)                        # (..., V)
-
-        # g - <q, g>: the dot product as a matrix product, no (..., V) temporary
-        g -= (g.unsqueeze(-2) @ q.unsqueeze(-1)).squeeze(-1)
-        grad_psi = g.mul_(q).div_(ctx.tau)
-        return grad_psi, None, None, None
+        x = top_p_sample(q, top_p, generator) if x is None else x
+        p = q if entropy_from == "sampling" else torch.softmax(logits, -1)
+        w = torch.ones_like(p[..., 0]) if method == "aps" else entropy(p) / math.log(p.shape[-1])
+        step = w.unsqueeze(-1).to(e_soft.dtype) * (embedding[x] - e_soft)   # w (e_hard - e_soft)
+    return e_soft + step, w
 
 
 def entropy(q):
@@ -175,166 +131,378 @@ def entropy(q):
 
 
 def nucleus(q, top_p):
-    """The least probability (...) inside the top-p nucleus of each row of
-    q (..., V), by sorting: a token is in the nucleus where q >= it."""
-    s = q.sort(-1, descending=True).values
-    inside = (s.cumsum(-1) - s) <= top_p       # the more likely mass <= top_p
-    last = inside.sum(-1, keepdim=True) - 1
-    return s.gather(-1, last).squeeze(-1)
+    """q (..., V) sorted, descending; the sort's order; the least probability (..., 1) in the
+    top-p nucleus: the tokens whose more likely tokens hold at most top_p (Dream's rule)."""
+    s, order = q.sort(dim=-1, descending=True, stable=True)
+    before = s.cumsum(-1).sub_(s)                                # the mass before each token
+    inside = (before <= top_p) & (s > 0)                         # a prefix of each row
+    return s, order, s.gather(-1, inside.sum(-1, keepdim=True) - 1)
 
 
-def top_p_sample(q, top_p, generator, candidates=3):
-    """x ~ q (..., V) restricted to its top-p nucleus (Dream's rule: the
-    tokens whose more likely tokens hold at most top_p of the mass).
-
-    Plain form, sorting every row:
-        p = q * (q >= nucleus(q, top_p));   x ~ p / p.sum()
-    Here, without sorting: each row draws `candidates` tokens from q and
-    keeps the first inside the nucleus (rejection sampling: exact). A row
-    whose candidates all miss (probability <= (1 - top_p)^candidates)
-    takes the plain form. Room is kept for `fallback_rows` such rows, so
-    nothing is read back to the host.
-    """
-    V = q.shape[-1]
-    flat = q.reshape(-1, V)                                   # (n, V)
-    n = flat.shape[0]
-    u = uniform(n, candidates + 1, generator, q.device)      # (n, C + 1)
-
-    # candidates x ~ q, accepted inside the nucleus
-    x = inverse_cdf(flat, u[:, :-1])                          # (n, C)
-    q_x = flat.gather(-1, x)
-    accepted = q_x > 0
-    if top_p < 1:
-        accepted &= mass_above(flat, q_x) <= top_p
-    first = accepted.int().argmax(-1, keepdim=True)
-    out = x.gather(-1, first).squeeze(-1)                     # (n,)
-
-    # the plain form on F rows, the rows that missed first
-    missed = ~accepted.any(-1)                                # (n,)
-    F = fallback_rows(n, (1 - top_p) ** candidates)
-    rows = missed.int().argsort(descending=True, stable=True)[:F]
-    p = flat[rows].float()                                    # (F, V)
-    p = torch.where(p >= least_in_nucleus(p, top_p).unsqueeze(-1), p, 0)
-    plain = inverse_cdf(p, u[rows, -1:]).squeeze(-1)
-    out = out.scatter(0, rows, torch.where(missed[rows], plain, out[rows]))
-    return out.view(q.shape[:-1])
+def top_p_sample(q, top_p, generator):
+    """x (...) ~ q (..., V) in its top-p nucleus (ties in or out together): inverse CDF on the
+    sorted rows, nothing read back to the host (torch.multinomial may check its input so)."""
+    s, order, least = nucleus(q, top_p)
+    n = (s >= least).sum(-1, keepdim=True)                       # the nucleus: a prefix of s
+    cdf = s.masked_fill_(s < least, 0).cumsum_(-1)               # (in place: s is the sort's copy)
+    u = uniform(q.shape[:-1], generator, q.device).unsqueeze(-1) * cdf[..., -1:]
+    i = torch.searchsorted(cdf, u.to(cdf.dtype), right=True)
+    return order.gather(-1, torch.minimum(i, n - 1)).squeeze(-1)   # (rounding) in the nucleus
 
 
-def inverse_cdf(p, u, block=64):
-    """x (n, C) with P(x = i) = p_i / sum(p), for rows p (n, V) >= 0 and
-    uniforms u (n, C) in [0, 1).
-
-    Plain form:
-        torch.searchsorted(p.cumsum(-1), u * p.sum(-1), right=True)
-    Here the cumulative sum runs over blocks of `block` tokens, then inside
-    the block a draw lands in: a CPU's cumsum over |V| is slow.
-    """
-    n, V = p.shape
-    if V <= 64 * block:                       # a small vocabulary: the plain form
-        cdf = p.cumsum(-1)
-        target = (u.to(cdf.dtype) * cdf[:, -1:]).contiguous()
-        return torch.searchsorted(cdf, target, right=True).clamp_(max=V - 1)
-
-    # the block each draw lands in
-    cut = V - V % block
-    sums = p[:, :cut].unflatten(1, (-1, block)).sum(-1)       # (n, V // block)
-    rest = p[:, cut:].sum(-1, keepdim=True)                   # a last, shorter block
-    sums = torch.cat([sums, rest], 1)
-    cdf = sums.cumsum(-1)
-    target = u.to(cdf.dtype) * cdf[:, -1:]                    # (n, C)
-    j = torch.searchsorted(cdf, target, right=True)
-    j = j.clamp_(max=cdf.shape[1] - 1)
-
-    # the token inside that block
-    start = j * block                                         # (n, C)
-    positions = start.unsqueeze(-1) + torch.arange(block, device=p.device)
-    inside = p.gather(1, positions.clamp(max=V - 1).flatten(1))
-    inside = inside.view(positions.shape)                     # (n, C, block)
-    inside = torch.where(positions < V, inside, 0)            # past |V|: no mass
-    before = cdf.gather(1, j) - sums.gather(1, j)             # the mass before it
-    rest_target = (target - before).unsqueeze(-1)
-    i = torch.searchsorted(inside.cumsum(-1), rest_target, right=True)
-    x = start + i.squeeze(-1).clamp_(max=block - 1)
-    return x.clamp_(max=V - 1)
-
-
-CPU_CACHE_BYTES = 2**22     # mass_above works in row blocks of about this size
-GPU_BLOCK_BYTES = 2**31     # on a GPU: every row at once, up to this size
-
-
-def mass_above(p, t):
-    """sum(p[p > t]) (n, C), for rows p (n, V) and thresholds t (n, C).
-
-    Plain form: ((p[:, None, :] > t[..., None]) * p[:, None, :]).sum(-1)
-    Here one threshold at a time, in row blocks that stay in a CPU's cache.
-    """
-    budget = CPU_CACHE_BYTES if p.is_cpu else GPU_BLOCK_BYTES
-    rows = max(1, budget // (p.shape[-1] * p.element_size()))
-    above = torch.empty_like(p[:rows])                        # one reused buffer
-    mass = []
-    for p_r, t_r in zip(p.split(rows), t.split(rows)):
-        a = above[: len(p_r)]
-        per_threshold = []
-        for c in range(t.shape[1]):
-            torch.gt(p_r, t_r[:, c, None], out=a)
-            per_threshold.append(torch.linalg.vecdot(p_r, a))
-        mass.append(torch.stack(per_threshold, -1))
-    return torch.cat(mass)
-
-
-FP32_INF_BITS = 0x7F800000  # +inf as an int32: fp32 bits order like values >= 0
-
-
-def least_in_nucleus(p, top_p):
-    """nucleus(p, top_p) for fp32 rows p (r, V), without sorting.
-
-    The least t with sum(p[p > t]) <= top_p, by bisection on the bit
-    patterns of fp32 (for t >= 0 they order as the values do): 31 halvings
-    find it exactly.
-    """
-    lo = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
-    hi = torch.full_like(lo, FP32_INF_BITS)     # the mass above lo: > top_p; hi: <=
-    for _ in range(31):
-        mid = lo + (hi - lo) // 2
-        t = mid.view(torch.float32)[:, None]
-        inside = mass_above(p, t).squeeze(-1) <= top_p
-        hi = torch.where(inside, mid, hi)
-        lo = torch.where(inside, lo, mid)
-    return hi.view(torch.float32)
-
-
-def fallback_rows(n, p_miss, rare=1e-12):
-    """The least F such that more than F of n rows, each missing with
-    probability at most p_miss, miss at once less often than `rare`.
-    Chernoff's bound: P(X >= F) <= exp(-mu) (e mu / F)^F, mu = n p_miss.
-    """
-    mu = n * p_miss
-    F = math.floor(mu) + 1
-
-    def log_bound(F):
-        return -mu + F * (1 + math.log(max(mu, 1e-300) / F))
-
-    while F < n and log_bound(F) > math.log(rare):
-        F += 1
-    return min(F, n)
-
-
-def uniform(rows, cols, generator, device):
-    """(rows, cols) uniforms in [0, 1). generator: one, or one per prompt,
-    each drawing its own block of rows (see `sample`)."""
+def uniform(shape, generator, device):
+    """Uniforms in [0, 1). generator: one, or a list of one per prompt, each drawing its own
+    block of rows (shape[0] = prompts x K): a prompt's draws do not depend on its batch."""
     generators = generator if isinstance(generator, (list, tuple)) else [generator]
-    per = rows // len(generators)
-    draws = [torch.rand((per, cols), generator=g, device=device) for g in generators]
+    rows = shape[0] // len(generators)
+    draws = [torch.rand((rows, *shape[1:]), generator=g, device=device) for g in generators]
     return torch.cat(draws)
 
 
 # -----------------------------------------------------------------------------
-# 2. The reward bridge: dLLM tokens -> reward-model embeddings -> R
+# 2. The reward bridge: R on the chat prefix, the response slot e, the suffix
+
+
+def reads(tokens, end_ids, lead_ids=None):
+    """(N, L) bool: the positions of tokens (N, L) a reader of the replies sees: before the first
+    end token, less a run of lead_ids at the start (a chat template that strips those)."""
+    seen = torch.isin(tokens, end_ids).cumsum(-1) == 0
+    if lead_ids is not None and len(lead_ids):
+        seen &= torch.isin(tokens, lead_ids).cumprod(-1) == 0
+    return seen
+
+
+def attention_bias(valid, causal, dtype, past=0):
+    """valid (N, T) bool -> an additive mask (N, 1, T, past + T) hiding the invalid keys, behind
+    `past` cached keys every query sees. Each query sees itself: no row is all hidden."""
+    N, T = valid.shape
+    allowed = valid[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=valid.device)
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    cached = torch.ones(N, 1, T, past, dtype=torch.bool, device=valid.device)
+    allowed = torch.cat([cached, allowed], -1)                   # (N, 1, T, past + T)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def cache_keyword(model):
+    """A forward's key/value cache argument: `cache` from transformers 5.24, `past_key_values`
+    before (read from the signature: 5.0-5.23 would swallow `cache` in **kwargs, unused)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def new_cache(config, layers=()):
+    """A DynamicCache holding layers [(keys, values), ...], filled by `update`, which every
+    transformers release from 4.51 honours (its constructor takes the config from 4.56)."""
+    from transformers import DynamicCache
+    takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
+    cache = DynamicCache(config=config) if takes_config else DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys, values, i)
+    return cache
+
+
+def rm_score(rm, e, valid, past=()):
+    """R (N,) for the reward model's input embeddings e (N, T, d); valid (N, T): the real
+    positions (padding anywhere but last); past: a cached prefix [(keys, values), ...] of one
+    row. R: the score head on the last hidden state, where transformers' classifier pools."""
+    P = past[0][0].shape[-2] if past else 0
+    N = e.shape[0]
+    layers = [(keys.expand(N, -1, -1, -1), values.expand(N, -1, -1, -1)) for keys, values in past]
+    h = rm.base_model(inputs_embeds=e, attention_mask=attention_bias(valid, True, e.dtype, P),
+                      position_ids=P + (valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
+                      **{cache_keyword(rm.base_model): new_cache(rm.config, layers)})
+    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()
+
+
+def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
+    """The reward callable for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), N =
+    len(prefixes) x K rows, prompt-major. A row reads its prompt's chat prefix (ids; its keys
+    and values computed once), e where `reads(tokens, end_ids, lead_ids)` (the rest hidden by
+    the attention mask), then the suffix. Each prompt's K rows run on their own, unpadded."""
+    E = rm.get_input_embeddings().weight
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
+    lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
+    pasts = []
+    for prefix in prefixes:
+        cache = new_cache(rm.config)
+        with torch.no_grad():
+            rm.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)],
+                          use_cache=True, **{cache_keyword(rm.base_model): cache})
+        pasts.append([(keys, values) for keys, values, *_ in cache])
+    after = [E[torch.tensor(suffix, device=E.device)] for suffix in suffixes]     # (S, d) each
+
+    def reward(e, tokens):
+        expect(len(e) == len(tokens) == K * len(pasts),
+               f"reward: e and tokens need {K * len(pasts)} rows, got {len(e)}, {len(tokens)}")
+        R = []
+        for past, suffix, e_i, tokens_i in zip(pasts, after, e.split(K), tokens.split(K)):
+            x = torch.cat([e_i.to(E.dtype), suffix.expand(K, -1, -1)], 1)        # (K, L + S, d)
+            whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
+            valid = torch.cat([reads(tokens_i, end_ids, lead_ids), whole], 1)
+            R.append(rm_score(rm, x, valid, past))
+        return torch.cat(R)
+
+    return reward
+
+
+# -----------------------------------------------------------------------------
+# 3. The guided step (Algorithm 1, lines 2-3)
+
+
+def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr=0.5,
+          temperature=0.7, top_p=0.95, entropy_from="sampling"):
+    """Algorithm 1, lines 2-3: psi (N, m, V) after M Adam steps on -sum_n R_n, and the number of
+    updates whose R or gradient was not finite (a tensor, not read back; their rows' gradient is
+    zero). logits (N, m, V): the denoiser's at the masked positions idx (N, m) of y (N, L), as
+    many in every row. reward(e (N, L, d), tokens (N, L)) -> R (N,). embedding (V, d): E^R.
+    generator: one, or one per prompt (see `uniform`). The logits are left as they were.
+    """
+    expect(logits.dim() == 3 and idx.shape == logits.shape[:2] and y.shape[0] == len(idx),
+           "logits (N, m, V), idx (N, m) and y (N, L) do not agree in N and m")
+    expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr finite >= 0")
+    b1, b2, eps = 0.9, 0.999, 1e-8                               # torch.optim.Adam's defaults
+
+    # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
+    psi = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
+    moment1 = torch.zeros_like(psi)
+    moment2 = torch.zeros_like(psi)
+    skipped = torch.zeros((), dtype=torch.long, device=psi.device)
+    e_known = embedding[y.scatter(1, idx, 0)]                   # (N, L, d): E^R[y] if revealed
+    at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
+
+    # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
+    for t in range(1, M + 1):
+        with torch.enable_grad():                  # (callers such as Dream's generate run without)
+            psi.requires_grad_(True)
+            e, _ = relax(psi, embedding, method, temperature, top_p, generator,
+                         entropy_from=entropy_from)
+            tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
+            R = reward(e_known.scatter(1, at, e), tokens)       # (N,)
+            expect(R.shape == y.shape[:1], f"reward gave shape {tuple(R.shape)}, not (N,)")
+            g, = torch.autograd.grad(-R.sum(), psi)
+        R = R.detach()                           # (the graph goes: its memory, for the next step)
+        del e
+
+        finite = (R + g.sum((1, 2))).isfinite()                 # (N,) the rows to update
+        skipped += (~finite).sum()
+        g = torch.where(finite[:, None, None], g, 0)
+        moment1 = b1 * moment1 + (1 - b1) * g
+        moment2 = b2 * moment2 + (1 - b2) * g**2
+        del g                                   # (its memory, before the next forward)
+        psi = psi.detach() - lr * (moment1 / (1 - b1**t)) / ((moment2 / (1 - b2**t)).sqrt() + eps)
+
+    return psi, skipped
+
+
+# -----------------------------------------------------------------------------
+# 4. The sampler (Algorithm 1) and the logits hook
+
+
+def dllm_logits(model, ids, valid, last=None):
+    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows, row i predicting token i:
+    Dream predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
+    T = ids.shape[1]
+    shift = int(getattr(model.config, "shift_logits", False))
+    rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
+    return model(input_ids=ids, attention_mask=attention_bias(valid, False, model.dtype),
+                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
+
+
+def make_denoiser(model, prompts, K, L):
+    """Line 1's denoiser for a transformers model: denoiser(y (N, L)) -> fp32 logits (N, L, V)
+    behind the prompts (lists of ids), K rows each. Each prompt's rows run on their own,
+    unpadded: a prompt's logits do not depend on the prompts beside it."""
+    longest = max(map(len, prompts)) + L
+    room = model.config.max_position_embeddings
+    expect(longest <= room, f"a prompt + L = {longest} tokens exceeds the dLLM's {room} positions")
+    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
+
+    def denoiser(y):
+        ids = [torch.cat([prompt, y_i], 1) for prompt, y_i in zip(prompts, y.split(K))]
+        logits = [dllm_logits(model, x, torch.ones_like(x, dtype=torch.bool), L) for x in ids]
+        return torch.cat(logits).float()
+
+    return denoiser
+
+
+GUIDE_STREAM = 7919  # guidance's generators are seeded seed + this (a prime)
+EOS_LAST = 1e4       # lowers a drawn end token's confidence below every other
+
+
+def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, on_step=None):
+    """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates.
+    denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it.
+    A prompt's rows draw from generators of its seed alone. y0: the start (default: all masked).
+    on_step(k, y, likely) follows a step that reveals; likely: the unguided argmax where masked."""
+    expect(seeds and all(type(s) is int and 0 <= s < 2**63 for s in seeds),
+           f"seeds must be a list of ints in [0, 2**63), got {seeds!r}")
+    device = embedding.device
+    N = len(seeds) * cfg.check().K
+    y = torch.full((N, cfg.L), mask_id, device=device) if y0 is None else y0.clone()
+    counts = reveal_counts(y0, mask_id, cfg, N)              # the schedule, on the host, once
+    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
+    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
+    eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
+    skipped = torch.zeros((), dtype=torch.long, device=device)
+
+    for k in range(cfg.T):
+        if counts[k] == 0:                      # nothing to reveal: the step is skipped
+            continue
+        m = sum(counts[k:])                     # masked positions, as many in every row
+        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]   # (N, m)
+
+        # line 1: the denoiser's logits at the masked positions
+        logits = masked_logits(denoiser, y, idx, mask_id)     # (N, m, V)
+        q = torch.softmax(logits / cfg.temperature, -1)       # the unguided step
+        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)     # line 5 ranks by it
+
+        # lines 2-3: guidance moves psi, and q with it
+        if cfg.guided and k % cfg.guide_every == 0:
+            del q                               # (its memory, for the guided step)
+            psi, s = guide(logits, y, idx, reward, embedding, gen_guide, cfg.method, cfg.M,
+                           cfg.lr, cfg.temperature, cfg.top_p, cfg.entropy_from)
+            skipped += s
+            q = torch.softmax(psi / cfg.temperature, -1)
+
+        # line 4: the candidates x0 ~ top-p(q)
+        x0 = top_p_sample(q, cfg.top_p, gen_x)                # (N, m)
+
+        # line 5: reveal the most confident; a drawn end token last; the current block only
+        reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)
+
+        # line 6: write the revealed tokens; they never change again
+        y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))
+        if on_step:
+            on_step(k, y, y.scatter(1, idx, logits.argmax(-1)))
+
+    return y, skipped
+
+
+def masked_logits(denoiser, y, idx, mask_id):
+    """Line 1: the logits (N, m, V) at the masked positions idx (N, m), the mask never proposed."""
+    logits = denoiser(y)
+    expect(logits.shape[:2] == y.shape, f"denoiser gave {tuple(logits.shape)}, not (N, L, V)")
+    logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    if mask_id < logits.shape[-1]:
+        logits[..., mask_id] = -math.inf
+    return logits
+
+
+def confidence(rule, q, top_p, generator):
+    """Line 5's order (N, m), the highest revealed first, from q (N, m, V), the unguided step:
+      entropy      -H(q)                               the paper; Dream's entropy
+      probability  the drawn token's q after top-p     Dream's maskgit_plus, LLaDA's
+                   ((N, m, V), read at the draw)       low_confidence
+      margin       top-1 minus top-2 of q after top-p  Dream's topk_margin
+      random       uniform                             LLaDA's random
+    """
+    if rule == "entropy":
+        return -entropy(q)
+    if rule == "random":
+        return uniform(q.shape[:-1], generator, q.device)
+    kept = torch.where(q >= nucleus(q, top_p)[2], q, 0)
+    kept = kept / kept.sum(-1, keepdim=True)                   # q after top-p, as Dream's
+    top2 = kept.topk(2, -1).values
+    return kept if rule == "probability" else top2[..., 0] - top2[..., 1]
+
+
+def most_confident(order, x0, idx, count, k, eos_ids, cfg):
+    """Line 5: the `count` of the masked positions idx (N, m) to reveal at step k, indices into idx:
+    the highest `order`, a drawn end token after the others (eos_last), in the current block."""
+    if cfg.remasking == "probability":
+        order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    if cfg.eos_last:
+        order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
+    block = cfg.block_length or cfg.L
+    current = k * (cfg.L // block) // cfg.T                    # the blocks share T evenly
+    return order.masked_fill(idx // block != current, -math.inf).topk(count, -1).indices
+
+
+def reveal_counts(y0, mask_id, cfg, N):
+    """The tokens revealed at each of the T steps: `schedule` in each block, blocks left to
+    right. A y0 given is read on the host, once."""
+    blocks = cfg.L // (cfg.block_length or cfg.L)
+    masked = [[cfg.L // blocks] * blocks]
+    if y0 is not None:
+        expect(y0.shape == (N, cfg.L) and y0.dtype == torch.long, f"y0 must be long ({N}, {cfg.L})")
+        masked = (y0 == mask_id).view(N, blocks, -1).sum(-1).tolist()
+    expect(all(row == masked[0] for row in masked), "y0's rows must be masked alike, per block")
+    return [c for n in masked[0] for c in schedule(cfg.T // blocks, n, cfg.schedule)]
+
+
+def schedule(T, n, kind="dream"):
+    """The tokens revealed at each of T steps, n in all. dream: floor(masked (1 - t_{k+1} / t_k)),
+    t = linspace(1, 1e-3, T + 1), the rest at the last step (the paper's, Dream's); linear:
+    n // T a step, one more in the first n % T (LLaDA's)."""
+    if kind == "linear":
+        return [n // T + (k < n % T) for k in range(T)]
+    t = torch.linspace(1, 1e-3, T + 1, device="cpu")             # float32, as Dream's
+    counts = []
+    for k in range(T - 1):
+        counts.append(int((n - sum(counts)) * (1 - t[k + 1] / t[k])))
+    return counts + [n - sum(counts)]
+
+
+def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
+    """EntRGi in a sampler of one's own, such as Dream's diffusion_generate (its
+    generation_logits_hook_func): hook(step, tokens (N, P + L), logits (N, P + L, V)) -> logits,
+    row i predicting token i. At the guided steps (0, k, 2k, ..., k = cfg.guide_every) the masked
+    response rows become psi after `guide`, in place. Revealed rows go to guide pinned at their
+    tokens (a one-hot q: no gradient), so nothing is read back to count the masked ones."""
+    P = prompt_length
+    cfg.check()
+    expect(type(P) is int and P >= 0, f"prompt_length must be an int >= 0, got {P!r}")
+
+    def hook(step, tokens, logits):
+        expect(tokens.dim() == 2 and tokens.shape[1] > P and logits.shape[:2] == tokens.shape,
+               f"hook: tokens (N, P + L) and logits (N, P + L, V), P = {P}, do not fit "
+               f"{tuple(tokens.shape)}, {tuple(logits.shape)}")
+        if not cfg.guided or step % cfg.guide_every:
+            return logits
+        y = tokens[:, P:]                                        # (N, L) the response
+        at = y.unsqueeze(-1)
+        masked = at == mask_id                                   # (N, L, 1)
+        psi = logits[:, P:].float().masked_fill(~masked, -math.inf)
+        psi = psi.scatter(-1, at, torch.where(masked, psi.gather(-1, at), 0))   # revealed: pinned
+        every = torch.arange(y.shape[1], device=y.device).expand_as(y)
+        psi, _ = guide(psi, y, every, reward, embedding, generator, cfg.method, cfg.M, cfg.lr,
+                       cfg.temperature, cfg.top_p, cfg.entropy_from)
+        logits[:, P:] = torch.where(masked, psi.to(logits.dtype), logits[:, P:])
+        return logits
+
+    return hook
+
+
+# =============================================================================
+# What runs the method, not part of it: loading, the command line, files, the
+# trace page, the benchmark. Nothing above this line uses anything below it.
+# =============================================================================
+
+import argparse
+import contextlib
+import errno
+import html
+import json
+import re
+import stat
+import sys
+import time
+import warnings
+import weakref
+from dataclasses import asdict
+
+from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm import tqdm
+
+
+# -----------------------------------------------------------------------------
+# 5. The reward model's text side: the vocabulary map, the chat slots, the text score
 
 
 def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
-    """The reward model's id of each dLLM token (vocab_size,), matched by
-    identical string (else unk or eos), and the fraction found."""
+    """The reward model's id of each dLLM token (vocab_size,), matched by identical string
+    (else unk, or eos), and the share of the dLLM's tokens found."""
     rm_vocab = rm_tokenizer.get_vocab()
     tokens = dllm_tokenizer.convert_ids_to_tokens(list(range(len(dllm_tokenizer))))
     ids = torch.full((vocab_size,), -1, dtype=torch.long)
@@ -349,16 +517,14 @@ def vocab_map(dllm_tokenizer, rm_tokenizer, vocab_size, verbose=True):
         warnings.warn(f"only {share:.1%} of the dLLM's tokens exist in the reward model's "
                       "vocabulary: the reward model will see many unknown tokens", stacklevel=2)
 
-    fallbacks = (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id,
-                 rm_tokenizer.pad_token_id, 0)
+    fallbacks = (rm_tokenizer.unk_token_id, rm_tokenizer.eos_token_id, rm_tokenizer.pad_token_id, 0)
     fallback = next(i for i in fallbacks if i is not None)
     return ids.masked_fill(ids < 0, fallback), share
 
 
 def rm_chat(rm_tokenizer, prompt, response):
     """The reward model's chat text for one (prompt, response) pair."""
-    turns = [{"role": "user", "content": prompt},
-             {"role": "assistant", "content": response}]
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     return rm_tokenizer.apply_chat_template(turns, tokenize=False)
 
 
@@ -366,13 +532,13 @@ SLOT = "ENTRGIRESPONSESLOT"     # a stand-in reply, to split the chat template a
 
 
 def rm_slots(rm_tokenizer, prompts):
-    """The reward model's token ids before and after the reply in each
-    prompt's chat: (prefixes, suffixes), a list each."""
-    parts = [rm_chat(rm_tokenizer, prompt, SLOT).split(SLOT) for prompt in prompts]
-    if any(len(p) != 2 or not p[1] for p in parts):
-        raise ValueError("the reward model's chat template does not place the reply verbatim, "
-                         "once, with text after it (where the score is read): use a reward "
-                         "model whose template does")
+    """The reward model's token ids before and after the reply in each prompt's chat:
+    (prefixes, suffixes), a list each."""
+    slots = [SLOT * (len(prompt) // len(SLOT) + 1) for prompt in prompts]   # longer than the prompt
+    parts = [rm_chat(rm_tokenizer, prompt, slot).split(slot) for prompt, slot in zip(prompts, slots)]
+    expect(all(len(p) == 2 and p[1] for p in parts),
+           "the reward model's chat template does not place the reply verbatim, once, with text "
+           "after it (where the score is read): use a reward model whose template does")
 
     def ids(text):
         return rm_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -381,9 +547,8 @@ def rm_slots(rm_tokenizer, prompts):
 
 
 def stripped_ids(dllm_tokenizer, rm_tokenizer):
-    """dLLM token ids that the reward model's chat template removes from the
-    start of a reply: the newline tokens (of up to 32 newlines in a row),
-    where the template strips leading newlines (Qwen3's does)."""
+    """dLLM token ids that the reward model's chat template removes from the start of a reply:
+    the newline tokens, where the template strips leading newlines (Qwen3's does)."""
     if rm_chat(rm_tokenizer, "x", "\n" + SLOT) != rm_chat(rm_tokenizer, "x", SLOT):
         return []
     ids = set()
@@ -392,494 +557,79 @@ def stripped_ids(dllm_tokenizer, rm_tokenizer):
     return sorted(i for i in ids if set(dllm_tokenizer.decode([i])) == {"\n"})
 
 
-def reads(tokens, end_ids, lead_ids=None):
-    """(N, L) bool: the positions of tokens (N, L) a reader of the replies
-    sees: those before the first end token (the chat template closes the
-    turn itself), less a run of lead_ids at the start (it strips those)."""
-    seen = torch.isin(tokens, end_ids).cumsum(-1) == 0
-    if lead_ids is not None and len(lead_ids):
-        seen &= torch.isin(tokens, lead_ids).cumprod(-1) == 0
-    return seen
-
-
-def left_pad(rows, pad_id, device):
-    """Lists of ids -> ids (N, width), left-padded, and a bool (N, width),
-    True at the real tokens."""
-    width = max(map(len, rows))
-    padded = [[pad_id] * (width - len(r)) + r for r in rows]
-    real = [[False] * (width - len(r)) + [True] * len(r) for r in rows]
-    ids = torch.tensor(padded, dtype=torch.long, device=device)
-    return ids, torch.tensor(real, device=device)
-
-
-def attention_bias(valid, causal, dtype, past=None):
-    """valid (N, T) bool -> an additive mask (N, 1, T, P + T) that hides the
-    padding keys. Every query sees itself, so no row is all hidden (no NaN).
-    past (N, P) bool: cached keys in front, seen by every query."""
-    T = valid.shape[1]
-    allowed = valid[:, None, None, :]                         # (N, 1, 1, T) the keys
-    if causal:
-        allowed = allowed & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)
-    if past is not None:
-        allowed = torch.cat([past[:, None, None, :].expand(-1, 1, T, -1), allowed], -1)
-
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
-    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def cache_keyword(model):
-    """The name of a forward's key/value cache argument: `cache` from
-    transformers 5.24, `past_key_values` before. Read from the signature
-    (5.0-5.23 would swallow `cache` in **kwargs, unused)."""
-    takes_cache = "cache" in inspect.signature(model.forward).parameters
-    return "cache" if takes_cache else "past_key_values"
-
-
-def new_cache(config, layers=None):
-    """A DynamicCache, empty or holding `layers` (keys, values per layer).
-    Its constructor takes the model's config from transformers 4.56 (5.x
-    needs it for an empty one); before 4.56 it takes none."""
-    from transformers import DynamicCache
-    if layers is not None:
-        return DynamicCache(layers)
-    takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
-    return DynamicCache(config=config) if takes_config else DynamicCache()
-
-
-def rm_score(rm, e, valid, past_valid=None, past_kv=None, body=None):
-    """R (N,) for the reward model's input embeddings e (N, T, d).
-
-    valid (N, T): the real positions (padding may be anywhere but last;
-    position ids count the real tokens only). past_valid (N, P) and
-    past_kv (keys, values per layer): a cached prefix. R is the score head
-    on the last position's hidden state, where transformers' classifier
-    pools. body: rm.base_model, or a compiled form of it.
-    """
-    start = 0 if past_valid is None else past_valid.sum(1, keepdim=True)
-    position_ids = start + (valid.cumsum(1) - 1).clamp(min=0)
-    bias = attention_bias(valid, causal=True, dtype=e.dtype, past=past_valid)
-    cache = {}
-    if past_kv is not None:
-        cache = {cache_keyword(rm.base_model): new_cache(rm.config, past_kv)}
-
-    body = rm.base_model if body is None else body
-    h = body(inputs_embeds=e, attention_mask=bias, position_ids=position_ids,
-             use_cache=bool(cache), **cache)
-    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()
-
-
-def prefix_cache(rm, prefix, K):
-    """The keys and values of a chat prefix (a list of ids), for K rows."""
-    E = rm.get_input_embeddings().weight
-    ids = torch.tensor([prefix], device=E.device)             # (1, P)
-    every = torch.ones_like(ids, dtype=torch.bool)
-    bias = attention_bias(every, causal=True, dtype=E.dtype)
-    cache = new_cache(rm.config)
-    with torch.no_grad():
-        rm.base_model(inputs_embeds=E[ids], attention_mask=bias,
-                      position_ids=every.cumsum(1) - 1, use_cache=True,
-                      **{cache_keyword(rm.base_model): cache})
-    return [(k.expand(K, -1, -1, -1), v.expand(K, -1, -1, -1)) for k, v, *_ in cache]
-
-
-def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=(), compile=False):
-    """The reward callable for `sample`: reward(e, tokens, widths=None) -> R.
-
-    e (N, n, d), tokens (N, n), N = len(prefixes) * K rows, prompt-major.
-    R (N,) reads the prompt's chat prefix, then e where
-    `reads(tokens, end_ids, lead_ids)`, then the suffix. n <= L: a caller
-    may pass the first n positions when no row reads past them (R is the
-    same); widths (host ints, one per prompt): the same, per prompt.
-    Each prompt's K rows run on their own, unpadded, so a prompt's R does
-    not depend on its batch. The prefixes' keys and values are computed
-    once. compile: torch.compile the reward model's body (dynamic length).
-    """
-    E = rm.get_input_embeddings().weight
-    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
-    lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
-    body = torch.compile(rm.base_model, dynamic=True) if compile else rm.base_model
-
-    prompts = []                          # per prompt: its prefix's cache, the suffix
-    for prefix, suffix in zip(prefixes, suffixes):
-        past = prefix_cache(rm, prefix, K)
-        past_valid = torch.ones(K, len(prefix), dtype=torch.bool, device=E.device)
-        e_suffix = E[torch.tensor(suffix, device=E.device)].expand(K, -1, -1)   # (K, S, d)
-        prompts.append((past, past_valid, e_suffix))
-
-    def reward(e, tokens, widths=None):
-        R = []
-        for i, (past, past_valid, e_suffix) in enumerate(prompts):
-            n = e.shape[1] if widths is None else widths[i]
-            rows = slice(i * K, (i + 1) * K)
-            seen = reads(tokens[rows, :n], end_ids, lead_ids)      # (K, n)
-            suffix_valid = torch.ones(e_suffix.shape[:2], dtype=torch.bool, device=E.device)
-            e_rows = torch.cat([e[rows, :n].to(E.dtype), e_suffix], 1)   # (K, n + S, d)
-            valid = torch.cat([seen, suffix_valid], 1)
-            R.append(rm_score(rm, e_rows, valid, past_valid, past, body))
-        return torch.cat(R)
-
-    return reward
-
-
 @torch.no_grad()
 def score_texts(rm, rm_tokenizer, prompts, responses):
-    """R(prompt, response) on text, tokenized by the reward model's own
-    tokenizer."""
+    """R(prompt, response) on text, tokenized by the reward model's own tokenizer (the paper's
+    final score: Top@1 is its max over a prompt's K responses, Avg@N its mean)."""
     chats = [rm_chat(rm_tokenizer, p, r) for p, r in zip(prompts, responses)]
     rows = [rm_tokenizer(chat, add_special_tokens=False)["input_ids"] for chat in chats]
+    width = max(map(len, rows))
     E = rm.get_input_embeddings().weight
-    ids, valid = left_pad(rows, 0, E.device)      # any pad id: padding is masked out
-    return rm_score(rm, E[ids], valid)            # left-padded: the last position is real
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=E.device)
+    valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=E.device)
+    return rm_score(rm, E[ids], valid)              # left-padded: the last position is real
 
 
 # -----------------------------------------------------------------------------
-# 3. The guided step (Algorithm 1, lines 2-3)
+# 6. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 
-def guide(logits, y, idx, reward, embedding, cfg, generator,
-          betas=(0.9, 0.999), eps=1e-8, width=None, overwrite=False):
-    """Algorithm 1, lines 2-3: M Adam steps on psi up the reward.
-
-    logits (N, m, V) fp32: the denoiser's, at the masked positions
-    idx (N, m) of y (N, L). The loss is -sum_n R_n. Returns psi and the
-    number of updates whose reward or gradient was not finite (a tensor,
-    not read back); those updates use a zero gradient.
-    width: the reward reads the first `width` positions only (no row reads
-    further); a list: one width per prompt, as reward(e, tokens, widths).
-    overwrite: build psi in the logits' own memory (one tensor fewer).
-    """
-    # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
-    psi = logits.detach() if overwrite else logits.detach().clone()
-    psi = psi.contiguous().requires_grad_(True)
-    moment1 = torch.zeros_like(psi)                           # Adam's moments
-    moment2 = torch.zeros_like(psi)
-    skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-
-    # the reward model reads E^R[token] where revealed, e where masked
-    e_known = embedding[y.scatter(1, idx, 0)]                 # (N, L, d)
-    at_idx = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])   # (N, m, d)
-    n = y.shape[1]
-    per_prompt = {}
-    if isinstance(width, list):
-        n = max(width)
-        per_prompt = {"widths": width}
-    elif width is not None:
-        n = width
-
-    # line 3: M Adam steps on psi
-    for step in range(1, cfg.M + 1):
-        e, _ = relax(psi, embedding, cfg.method, cfg.temperature, cfg.top_p, generator,
-                     entropy_from=cfg.entropy_from)
-        e_all = e_known.scatter(1, at_idx, e)                 # (N, L, d)
-        tokens = y.scatter(1, idx, psi.detach().argmax(-1))   # masked: argmax psi
-        R = reward(e_all[:, :n], tokens[:, :n], **per_prompt)    # (N,)
-        g, = torch.autograd.grad(-R.sum(), psi)
-
-        with torch.no_grad():
-            finite = (R + g.sum((1, 2))).isfinite()          # (N,) rows to update
-            skipped += (~finite).sum()
-            g.masked_fill_(~finite[:, None, None], 0.0)
-            adam_step(psi, g, moment1, moment2, step, cfg.lr, betas, eps)
-        del g                                     # freed before the next forward
-
-    return psi.detach(), skipped
-
-
-def adam_step(psi, g, moment1, moment2, step, lr, betas, eps):
-    """One step of torch.optim.Adam on psi, in place; g's memory then holds
-    the denominator. Plain form, t = step:
-
-        moment1 = b1 moment1 + (1 - b1) g
-        moment2 = b2 moment2 + (1 - b2) g^2
-        psi -= lr (moment1 / (1 - b1^t)) / (sqrt(moment2 / (1 - b2^t)) + eps)
-    """
-    moment1.lerp_(g, 1 - betas[0])
-    moment2.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-
-    c1 = 1 - betas[0] ** step                             # the bias corrections
-    c2 = math.sqrt(1 - betas[1] ** step)
-    denominator = torch.sqrt(moment2, out=g).add_(eps * c2)   # sqrt(moment2) + eps c2
-    psi.addcdiv_(moment1, denominator, value=-lr * c2 / c1)
-
-
-# -----------------------------------------------------------------------------
-# 4. The sampler (Algorithm 1)
-
-
-GUIDE_STREAM = 7919  # guidance's generators are seeded seed + this (a prime)
-EOS_LAST = 1e4       # lowers a drawn end token's confidence below all others
-
-
-def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg,
-           progress=False, y0=None, on_step=None):
-    """Algorithm 1: y (N, L), N = len(seeds) prompts x K, and the number of
-    guidance updates skipped. denoiser(y) -> logits (N, L, V), row l
-    predicting token l; reward(e (N, n, d), tokens (N, n)) -> R (N,);
-    embedding (V, d): E^R. y0: the start (default: all masked);
-    on_step(k, y, likely) follows each step that reveals tokens."""
-    device = embedding.device
-    gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]    # one per prompt
-    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
-    eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    y = y0.clone() if y0 is not None else torch.full(
-        (len(seeds) * cfg.K, cfg.L), mask_id, dtype=torch.long, device=device)
-    counts = reveal_counts(y0, mask_id, cfg)          # tokens revealed at each step
-    read_end = read_limit(eos_ids, cfg.L, cfg.K, len(seeds))
-    skipped = torch.zeros((), dtype=torch.long, device=device)
-
-    for k in tqdm(range(cfg.T), f"{cfg.method} denoising", file=sys.stderr, disable=not progress):
-        if counts[k] == 0:                   # nothing to reveal: skip the step
-            continue
-        m = sum(counts[k:])                  # masked positions, as many in every row
-        idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]    # (N, m)
-
-        # line 1: the denoiser's logits at the masked positions
-        logits = masked_logits(denoiser, y, idx, mask_id)    # (N, m, V)
-        q = torch.softmax(logits / cfg.temperature, -1)      # the unguided step
-        order = confidence(cfg.remasking, q, cfg.top_p, gen_x)   # line 5 reads it
-        likely = y.scatter(1, idx, logits.argmax(-1)) if on_step else None
-
-        # lines 2-3: guidance moves psi; q follows it
-        if cfg.guided and k % cfg.guide_every == 0:
-            del q                            # guide needs the memory
-            psi, s = guide(logits, y, idx, reward, embedding, cfg, gen_guide,
-                           width=read_end(takes_widths(reward)), overwrite=True)
-            skipped += s
-            q = torch.softmax(psi / cfg.temperature, -1)
-
-        # line 4: candidates x0 ~ q, top-p
-        x0 = top_p_sample(q, cfg.top_p, gen_x)                # (N, m)
-
-        # line 5: the positions to reveal, the most confident first
-        reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)
-
-        # line 6: write the revealed tokens; they never change again
-        y = y.scatter(1, idx.gather(1, reveal), x0.gather(1, reveal))
-        read_end.update(y)
-        if on_step:
-            on_step(k, y, likely)
-
-    return y, skipped
-
-
-def masked_logits(denoiser, y, idx, mask_id):
-    """The denoiser's logits (N, m, V) at the masked positions idx (N, m),
-    the mask token's set to -inf (a mask id past |V|, as the toy's, has
-    no logit)."""
-    logits = denoiser(y)                                      # (N, L, V)
-    at = idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    logits = logits.gather(1, at)                             # a copy
-    if mask_id < logits.shape[-1]:
-        logits[..., mask_id] = -math.inf
-    return logits
-
-
-def most_confident(order, x0, idx, count, k, eos_ids, cfg):
-    """Line 5: which `count` of the m masked positions to reveal at step k,
-    as indices (N, count) into idx. The most confident by `order` (N, m);
-    for "probability", order (N, m, V) is read at the token drawn. A drawn
-    end token comes after all others (eos_last); only the current block."""
-    if cfg.remasking == "probability":
-        order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    if cfg.eos_last:
-        order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
-
-    block = cfg.block_length or cfg.L
-    current = k * (cfg.L // block) // cfg.T                  # blocks share T evenly
-    order = order.masked_fill(idx // block != current, -math.inf)
-    return order.topk(count, -1).indices
-
-
-def reveal_counts(y0, mask_id, cfg):
-    """The tokens revealed at each of the T steps: `schedule` in each block,
-    blocks left to right. A y0 given is read on the host, once."""
-    block = cfg.block_length or cfg.L
-    blocks = cfg.L // block
-    steps = cfg.T * block // cfg.L                            # per block
-    if y0 is None:
-        return [c for _ in range(blocks) for c in schedule(steps, block, cfg.schedule)]
-
-    masked = (y0 == mask_id).view(y0.shape[0], blocks, block).sum(-1).tolist()
-    if any(row != masked[0] for row in masked):
-        raise ValueError("every row of y0 needs as many masked positions as the others, "
-                         "in every block")
-    return [c for n in masked[0] for c in schedule(steps, n, cfg.schedule)]
-
-
-def takes_widths(reward):
-    """Whether reward(e, tokens, widths) takes one width per prompt, as
-    make_reward's does."""
-    try:
-        return "widths" in inspect.signature(reward).parameters
-    except (TypeError, ValueError):                 # a callable without a signature
-        return False
-
-
-def read_limit(eos_ids, L, K, prompts):
-    """How far each prompt's K rows read: limit() -> [n, ...], one per
-    prompt (limit(False): their max); no row reads position n or later.
-
-    n is the latest first end token among the prompt's rows. Revealed
-    tokens never change, so a bound from an earlier step still holds.
-    limit.update(y) starts copying y's bounds to the host, without waiting;
-    limit() uses the update before the newest (L before any): that copy has
-    long arrived, and which bounds a step uses never depends on timing.
-    Under torch's deterministic algorithms limit() waits for it if it has
-    not; otherwise it keeps the older bounds.
-    """
-    state = {"n": [L] * prompts, "pending": []}
-
-    def limit(per_prompt=True):
-        while len(state["pending"]) > 1:
-            host, done = state["pending"][0]
-            if done is not None and not done.query():
-                if not torch.are_deterministic_algorithms_enabled():
-                    break
-                done.synchronize()
-            state["n"] = [int(n) for n in host.numpy()]        # a host tensor
-            state["pending"].pop(0)
-        return state["n"] if per_prompt else max(state["n"])
-
-    def update(y):
-        ends = reads(y, eos_ids).sum(1).view(-1, K).amax(1)    # (prompts,)
-        if y.is_cpu:
-            state["pending"].append((ends, None))
-            return
-        host = torch.empty(ends.shape, dtype=ends.dtype, pin_memory=True)
-        host.copy_(ends, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        state["pending"].append((host, done))
-
-    limit.update = update
-    return limit
-
-
-def schedule(T, n, kind="dream"):
-    """The tokens revealed at each of T steps, n in all.
-    dream: floor(masked (1 - t_{k+1} / t_k)) with t = linspace(1, 1e-3, T + 1),
-           the rest at the last step (Dream's).
-    linear: n // T per step, one more in the first n % T (LLaDA's)."""
-    if kind == "linear":
-        return [n // T + (k < n % T) for k in range(T)]
-
-    t = torch.linspace(1, 1e-3, T + 1, device="cpu")     # on the host, float32 as Dream's
-    counts = []
-    for k in range(T):
-        masked = n - sum(counts)
-        if k == T - 1:
-            counts.append(masked)
-        else:
-            counts.append(int(masked * (1 - t[k + 1] / t[k])))
-    return counts
-
-
-def confidence(rule, q, top_p, generator):
-    """Line 5's order (N, m), the most confident revealed first, from
-    q (N, m, V), the unguided step's softmax(psi / tau):
-
-      entropy      -H(q)                     Dream's entropy
-      probability  the drawn token's q       Dream's maskgit_plus, LLaDA's
-                   after top-p               low_confidence
-      margin       top-1 minus top-2 of q    Dream's topk_margin
-                   after top-p
-      random       uniform                   LLaDA's random
-
-    For "probability" it is (N, m, V), to be read at the token drawn.
-    """
-    if rule == "entropy":
-        return -entropy(q)
-    if rule == "random":
-        return uniform(q.shape[0], q.shape[1], generator, q.device)
-
-    # q after top-p: renormalized inside the nucleus
-    least = nucleus(q, top_p).unsqueeze(-1) if top_p < 1 else 0.0
-    kept = torch.where(q >= least, q, 0)
-    if rule == "probability":
-        return kept.div_(kept.sum(-1, keepdim=True))
-    top2 = kept.topk(2, -1).values
-    return (top2[..., 0] - top2[..., 1]) / kept.sum(-1)
-
-
-def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
-    """EntRGi inside a sampler of one's own, such as Dream's
-    diffusion_generate (its generation_logits_hook_func):
-    hook(step, tokens (N, P + L), logits (N, P + L, V)) -> logits, row i
-    predicting token i. At the guided steps (0, k, 2k, ..., k =
-    cfg.guide_every) the masked response rows become psi after `guide`, in
-    place. The revealed rows go to guide pinned at their tokens (a one-hot q:
-    no gradient), so no host sync is needed to count the masked ones.
-    """
-    def hook(step, tokens, logits):
-        if not cfg.guided or step % cfg.guide_every:
-            return logits
-        P = prompt_length
-        y = tokens[:, P:]                                     # (N, L) the response
-        at = y[..., None]                                     # (N, L, 1)
-        masked = at == mask_id
-
-        psi = logits[:, P:].to(torch.float32, copy=True).masked_fill_(~masked, -math.inf)
-        pinned = torch.where(masked, psi.gather(-1, at), 0.0)    # revealed: 0 at the token
-        psi.scatter_(-1, at, pinned)
-        every = torch.arange(y.shape[1], device=y.device).expand_as(y)
-        with torch.enable_grad():                 # Dream's generate runs without
-            psi, _ = guide(psi, y, every, reward, embedding, cfg, generator)
-        logits[:, P:] = torch.where(masked, psi.to(logits.dtype), logits[:, P:])
-        return logits
-
-    return hook
-
-
-# =============================================================================
-# What runs the method, not part of it: loading, the command line, files, the
-# trace page, the benchmark. Nothing above this line uses anything below it.
-# =============================================================================
-
-
-# -----------------------------------------------------------------------------
-# 5. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
+HUB_WAIT = 30       # seconds the hub may take to answer before a download is given up
 
 
 def resolve(name_or_path):
     """A local directory, or a hub name downloaded (or found in the cache): (its path, its
     config.json), once no file of it is damaged (JSON that is not JSON, a .safetensors file cut
-    short): a damaged file is named."""
-    path = name_or_path
-    parsed = {}
-    # owner/name; not ./x, ../x, /x
-    hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path)
+    short) and the weights it lists are all there."""
+    first = name_or_path.split("/")[0]
+    hub_name = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path) and not os.path.isdir(first)
 
-    if not os.path.isdir(path) and not hub_name:
+    if os.path.isfile(name_or_path):
+        raise InputError(f"model {name_or_path!r} is a file: pass the folder that holds its "
+                         "config.json, or a hub name (owner/name)")
+    if not os.path.isdir(name_or_path) and not hub_name:
         raise InputError(f"model {name_or_path!r}: no such directory here, and not a hub name "
                          "(owner/name): check the path")
 
-    if not os.path.isdir(path):
-        try:
-            from huggingface_hub import snapshot_download
-            path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
-        except Exception as err:
-            # the hub's, the network's: all say the same to a user
-            raise InputError(f"cannot use model {name_or_path!r} ({type(err).__name__}): check the "
-                             "name, or the machine may be offline: pass a local directory that "
-                             "holds its config.json") from None
-
+    path = name_or_path if os.path.isdir(name_or_path) else download(name_or_path)
+    parsed = {}
     for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
             with open(os.path.join(path, file), "rb") as f:
                 parsed[file] = json.loads(f.read()) if file.endswith(".json") else safetensors_header(f)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputError(f"model {name_or_path!r}: {file} is damaged "
-                             f"({err}); get it again") from None
+            raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); get it again") from None
         except OSError as err:
-            raise InputError(f"model {name_or_path!r}: cannot read {file}: "
-                             f"{err.strerror or err}") from None
+            raise InputError(f"model {name_or_path!r}: cannot read {file}: {err.strerror or err}") from None
 
     if not isinstance(parsed.get("config.json"), dict):
-        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with "
-                         "a JSON object in it")
+        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON object in it")
 
+    index = parsed.get("model.safetensors.index.json") or {}
+    shards = sorted(set((index.get("weight_map") or {}).values()) - set(parsed))
+    weights = [f for f in os.listdir(path) if f.endswith((".safetensors", ".bin"))]
+    if shards or not weights:
+        raise InputError(f"model {name_or_path!r}: {path!r} lacks its weights "
+                         f"({', '.join(shards[:3]) or 'no *.safetensors file'}); get them again")
     return path, parsed["config.json"]
+
+
+def download(name):
+    """The folder of hub model `name`, downloaded (or from the cache): a hub that does not answer
+    within HUB_WAIT seconds, or cannot be reached, is said so in one line."""
+    from huggingface_hub import HfApi, constants, snapshot_download
+    where = f"the hub ({constants.ENDPOINT})"
+    try:
+        if not constants.HF_HUB_OFFLINE:
+            HfApi().model_info(name, timeout=HUB_WAIT)       # a silent hub: given up here
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
+    except Exception as err:                             # the hub's, the network's, the cache's
+        timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
+        why = f"{where} did not answer within {HUB_WAIT} s" if timed_out else (
+            f"{type(err).__name__}: check the name; the machine may be offline or {where} unreachable")
+        raise InputError(f"cannot download model {name!r} ({why}): pass a local folder holding its "
+                         "config.json. Without the hub, `python -m toy` and the test models run "
+                         "here (README: Start here)") from None
 
 
 def safetensors_header(f):
@@ -1013,15 +763,38 @@ def dllm_kind(name, raw):
     return kind
 
 
-def load_dllm(name_or_path, device="cpu", dtype="auto"):
-    """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers'
-    Qwen2ForCausalLM or LlamaForCausalLM attending both ways, every weight found and used, no remote
-    code: (model, tokenizer), frozen."""
+def open_dllm(name_or_path):
+    """What loading Dream or LLaDA needs before its weights, every check made: (path, kind,
+    transformers config, tokenizer)."""
     import transformers as tf
     path, raw = resolve(name_or_path)
     kind = dllm_kind(name_or_path, raw)
-    mask_id = raw.get("mask_token_id")
     config = dllm_config(name_or_path, kind, raw)
+    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)    # 4.x: Qwen2Tokenizer is slow
+    tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
+    tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
+    mask_id = raw.get("mask_token_id")
+
+    if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
+        raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id "
+                         f"{mask_id}): a masked diffusion LM needs one")
+    if len(tokenizer) > config.vocab_size:
+        raise InputError(f"model {name_or_path!r}: its tokenizer has {len(tokenizer)} tokens, its "
+                         f"config.json {config.vocab_size} rows of logits: they do not belong together")
+    if not tokenizer.chat_template:
+        raise InputError(f"the tokenizer of {name_or_path!r} has no chat template: an instruct "
+                         "model's folder has one")
+
+    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)      # LLaDA's does not name it
+    return path, kind, config, tokenizer
+
+
+def load_dllm(name_or_path, device="cpu", dtype="auto", opened=None):
+    """Dream or LLaDA (hub name, or directory laid out like the hub's) as transformers'
+    Qwen2ForCausalLM or LlamaForCausalLM attending both ways, every weight found and used, no remote
+    code: (model, tokenizer), frozen. opened: what open_dllm gave, where it was called already."""
+    import transformers as tf
+    path, kind, config, tokenizer = opened or open_dllm(name_or_path)
     mapping = LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
@@ -1033,47 +806,45 @@ def load_dllm(name_or_path, device="cpu", dtype="auto"):
         raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
 
-    # 4.x: Qwen2Tokenizer is the slow one
-    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)
-    tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
-    tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
-
-    if not isinstance(mask_id, int) or not 0 <= mask_id < len(tokenizer):
-        raise InputError(f"the tokenizer of {name_or_path!r} has no mask token (mask_token_id "
-                         f"{mask_id}): a masked diffusion LM needs one")
-
-    # LLaDA's tokenizer does not name it
-    tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
     return bidirectional(model.to(device)).eval().requires_grad_(False), tokenizer
 
 
-def load_reward_model(name_or_path, device="cpu", dtype="auto"):
-    """Any sequence-classification reward model with one label and a chat template:
-    (model, tokenizer), frozen."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def open_reward_model(name_or_path):
+    """What loading a reward model needs before its weights, every check made: (path, config.json,
+    tokenizer)."""
+    from transformers import AutoTokenizer
     path, raw = resolve(name_or_path)
+    labels = raw.get("num_labels") or len(raw.get("id2label") or {0: ""})
 
     if not any(k.endswith("ForSequenceClassification") for k in raw.get("architectures") or []):
         raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its "
                          f"config.json names {raw.get('architectures')}, model_type "
                          f"{raw.get('model_type')!r})")
+    if labels != 1:
+        raise InputError(f"the reward model {name_or_path!r} has {labels} labels, not one score")
 
-    model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, **dtype_kwarg(pick_dtype(device, dtype))))
     tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
-
     if not tokenizer.chat_template:
         raise InputError(f"the reward model {name_or_path!r} has no chat template: it "
                          "cannot place a response")
-
+    if len(tokenizer) > raw.get("vocab_size", len(tokenizer)):
+        raise InputError(f"model {name_or_path!r}: its tokenizer has {len(tokenizer)} tokens, its "
+                         f"config.json {raw['vocab_size']} embeddings: they do not belong together")
     try:
         rm_slots(tokenizer, ["a prompt"])
     except ValueError as err:
         raise InputError(f"reward model {name_or_path!r}: {err}") from None
+    return path, raw, tokenizer
 
-    if model.config.num_labels != 1:
-        raise InputError(f"the reward model {name_or_path!r} has {model.config.num_labels} "
-                         "labels, not one score")
+
+def load_reward_model(name_or_path, device="cpu", dtype="auto", opened=None):
+    """Any sequence-classification reward model with one label, a linear score head and a chat
+    template: (model, tokenizer), frozen. opened: what open_reward_model gave, if called already."""
+    from transformers import AutoModelForSequenceClassification
+    path, _, tokenizer = opened or open_reward_model(name_or_path)
+    model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
+        path, **dtype_kwarg(pick_dtype(device, dtype))))
+
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no "
                          "linear `score` head on its last position, as Llama's, Qwen's and "
@@ -1082,14 +853,11 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto"):
     return model.to(device).eval().requires_grad_(False), tokenizer
 
 
-def dllm_logits(model, ids, valid, last=None):
-    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows alone, row i predicting token
-    i: Dream predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
-    T = ids.shape[1]
-    shift = int(getattr(model.config, "shift_logits", False))
-    rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
-    return model(input_ids=ids, attention_mask=attention_bias(valid, causal=False, dtype=model.dtype),
-                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
+def compile_models(dllm, rm):
+    """torch.compile the forwards of the dLLM (one shape per prompt length) and of the reward
+    model's body (its length dynamic), in place. It pays on a GPU."""
+    dllm.forward = torch.compile(dllm.forward)
+    rm.base_model.forward = torch.compile(rm.base_model.forward, dynamic=True)
 
 
 def dllm_prompt_ids(tokenizer, prompt):
@@ -1099,31 +867,23 @@ def dllm_prompt_ids(tokenizer, prompt):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def check_fits(model, prompts, L):
-    longest = max(map(len, prompts))
-    room = model.config.max_position_embeddings
-    if longest + L > room:
-        raise InputError(f"prompt ({longest} tokens) + L ({L}) exceeds the dLLM's {room} "
-                         "positions: shorten the prompt or lower --max-new-tokens")
-
-
-def make_denoiser(model, prompts, K, L, mask_id, compile=False):
-    """denoiser(y (N, L)) -> (N, L, V) fp32 logits behind the prompts (K rows each), the mask never
-    proposed. Each prompt's K rows run on their own, unpadded: a prompt's logits do not depend on
-    the prompts beside it. compile: torch.compile the model (one shape per prompt length)."""
-    check_fits(model, prompts, L)
-    # (K, P) each
-    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
-    forward = torch.compile(model) if compile else model
-    def denoiser(y):
-        logits = []
-        for prompt, y_i in zip(prompts, y.split(K)):
-            ids = torch.cat([prompt, y_i], 1)
-            logits.append(dllm_logits(forward, ids, torch.ones_like(ids, dtype=torch.bool), last=y.shape[1]))
-        logits = torch.cat(logits).float()
-        logits[..., mask_id] = -math.inf
-        return logits
-    return denoiser
+def check_fits(opened, rm_opened, prompts, L):
+    """Each prompt's chat + L within the dLLM's positions, and its reward-model chat within the
+    reward model's: a prompt that does not fit is named."""
+    _, _, config, tokenizer = opened
+    _, raw, rm_tokenizer = rm_opened
+    rm_room = raw.get("max_position_embeddings") or math.inf
+    prefixes, suffixes = rm_slots(rm_tokenizer, prompts)
+    for i, prompt in enumerate(prompts):
+        name = "the prompt" if len(prompts) == 1 else f"prompt {i} (from 0)"
+        n = len(dllm_prompt_ids(tokenizer, prompt)) + L
+        if n > config.max_position_embeddings:
+            raise InputError(f"{name} needs {n} positions with L = {L}, more than the dLLM's "
+                             f"{config.max_position_embeddings}: shorten it or lower --max-new-tokens")
+        n = len(prefixes[i]) + L + len(suffixes[i])
+        if n > rm_room:
+            raise InputError(f"{name} needs {n} positions with L = {L}, more than the reward "
+                             f"model's {rm_room}: shorten it or lower --max-new-tokens")
 
 
 def end_ids(tokenizer):
@@ -1141,7 +901,7 @@ def decode(tokenizer, y, eos_ids):
 
 
 # -----------------------------------------------------------------------------
-# 6. The command line
+# 7. The command line
 
 
 class InputError(ValueError):
@@ -1154,9 +914,8 @@ class WriteError(OSError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="entrgi.py",
-                                description="EntRGi: steer a diffusion LM with a reward model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a "
+                                "reward model. Start with `python -m toy` (any CPU, seconds).")
     input_flags(p.add_argument_group("prompts, models and files").add_argument)
     method_flags(p.add_argument_group("the method (the paper's symbols)").add_argument)
     run_flags(p.add_argument_group("the machine and the benchmark").add_argument)
@@ -1165,80 +924,92 @@ def parse_args(argv=None):
 
 def input_flags(add):
     add("--prompt", help="the user prompt")
-    add("--prompts-file",
-        help="many prompts: text, one per line, or .jsonl, one JSON object per line; needs --output")
+    add("--prompts-file", help="many prompts, needs --output: JSON lines (one object per line, any "
+        "file name), a .json array of objects, or text, one prompt per line")
     add("--prompt-field", default="prompt",
-        help="the field of a .jsonl prompts file that holds the prompt")
-    add("--batch-size", type=int, default=1, help="prompts per batch (each prompt: K rows), >= 1")
+        help="the field of a JSON prompts file that holds the prompt (default: %(default)s)")
+    add("--batch-size", type=int, default=1,
+        help=f"prompts per batch (each prompt: K rows), in [1, {2**16}] (default: %(default)s)")
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B",
-        help="diffusion LM, Dream or LLaDA: hub name or directory")
+        help="diffusion LM, Dream or LLaDA: hub name or folder (default: %(default)s)")
     add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
-        help="reward model: hub name or directory")
-    add("--score-model",
-        help="a second reward model, an independent judge of the final texts (default: none)")
-    add("--output",
-        help="FILE.jsonl: one line per prompt and method as each finishes; the same command again "
-             "resumes")
-    add("--trace", help="--prompt: FILE.html, a self-contained page of the denoising")
+        help="reward model: hub name or folder (default: %(default)s)")
+    add("--score-model", help="a second reward model, an independent judge of the final texts")
+    add("--output", help="FILE.jsonl: one line per prompt and method as each finishes; the same "
+        "command again resumes")
+    add("--trace", help="with --prompt: FILE.html, a self-contained page of the denoising")
 
 
 def method_flags(add):
-    add("--method", default="entrgi", choices=[*METHODS, "all"],
-        help="entrgi; aps (straight-through); soft (expectation); bon (best of K, unguided); all four")
-    add("--samples", type=int, default=4, help="K, trajectories per prompt, >= 1")
-    add("--steps", type=int, default=128, help="T, denoising steps, >= 1")
-    add("--max-new-tokens", type=int, default=128, help="L, response length in tokens, >= 1")
-    add("--block-length", type=int,
-        help="tokens per block, blocks revealed left to right; it divides L, and the number of "
-             "blocks divides T (default L: one block)")
-    add("--guidance-steps", type=int, default=3, help="M, Adam steps on psi per denoising step, >= 0")
-    add("--guide-every", type=int, default=1, help="guide the denoising steps 0, k, 2k, ... only, k >= 1")
-    add("--lr", type=float, default=0.5, help="eta, Adam's learning rate on psi, finite, >= 0")
-    add("--temperature", type=float, default=0.7, help="tau, sampling temperature, in [0.001, 1000]")
-    add("--top-p", type=float, default=0.95, help="nucleus mass for sampling, in (0, 1]")
+    def number(flag, field, kind, default, what):
+        low, high = RANGES[field]
+        add(flag, type=kind, default=default, help=f"{what}, in [{low:g}, {high:g}] (default: %(default)s)")
+
+    add("--method", default="entrgi", choices=[*METHODS, "all"], help="entrgi; aps (straight-"
+        "through); soft (expectation); bon (best of K, unguided); all four (default: %(default)s)")
+    number("--samples", "K", int, 4, "K, trajectories per prompt")
+    number("--steps", "T", int, 128, "T, denoising steps (past L, the extra steps reveal nothing)")
+    number("--max-new-tokens", "L", int, 128, "L, response length in tokens")
+    add("--block-length", type=int, help="tokens per block, blocks revealed left to right: it "
+        "divides L, and the number of blocks divides T (default: L, one block)")
+    number("--guidance-steps", "M", int, 3, "M, Adam steps on psi per denoising step")
+    number("--guide-every", "guide_every", int, 1, "k: guide the denoising steps 0, k, 2k, ... only")
+    number("--lr", "lr", float, 0.5, "eta, Adam's learning rate on psi")
+    number("--temperature", "temperature", float, 0.7, "tau, the sampling temperature")
+    number("--top-p", "top_p", float, 0.95, "nucleus mass for sampling (0: the likeliest token)")
     add("--entropy-from", choices=["sampling", "model"], default="sampling",
         help="the entropy weight w from softmax(psi / tau) (sampling, the paper) or softmax(psi) "
-             "(model, the scripts)")
+             "(model, the scripts) (default: %(default)s)")
     add("--remasking", choices=REMASKING, default="entropy",
-        help="which masked positions a step reveals first")
+        help="which masked positions a step reveals first (default: %(default)s)")
     add("--schedule", choices=["dream", "linear"], default="dream",
-        help="tokens revealed per step: dream or linear")
-    add("--no-eos-last", dest="eos_last", action="store_false",
-        help="reveal a sampled end token like any other")
-    add("--seed", type=int, default=0,
-        help="in [0, 2**63); the prompt at position i of a file gets seed + i")
+        help="tokens revealed per step (default: %(default)s)")
+    add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token "
+        "like any other (without this flag it is revealed after every other token)")
+    add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets "
+        "seed + i (default: %(default)s)")
 
 
 def run_flags(add):
-    add("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    add("--device", help="cpu, cuda or cuda:N (default: cuda where there is one); on a CPU torch "
+        "runs a thread per core, OMP_NUM_THREADS=N sets another number")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on CUDA")
-    add("--compile", action="store_true",
-        help="torch.compile both models' forwards (pays on a GPU; compiling takes minutes at the "
-             "real size)")
-    add("--deterministic", action="store_true",
-        help="CUDA: deterministic kernels only (the same command gives the same tokens on the same "
-             "GPU; attention runs its plain math kernel)")
+        help="auto: bfloat16 on CUDA, float32 on a CPU (default: %(default)s)")
+    add("--compile", action="store_true", help="torch.compile both models' forwards (pays on a "
+        "GPU; compiling takes minutes at the real size)")
+    add("--deterministic", action="store_true", help="CUDA: deterministic kernels only (the same "
+        "command gives the same tokens on the same GPU; attention runs its plain math kernel)")
     add("--benchmark", choices=list(PRESETS),
         help="time a guided step of random models of a preset's sizes")
-    add("--benchmark-steps", type=int, default=3, help="repetitions of each timing, >= 1")
+    add("--benchmark-steps", type=int, default=3,
+        help="repetitions of each timing, in [1, 1000] (default: %(default)s)")
     add("--benchmark-layers", type=int,
-        help="N layers in both models, the vocabularies and widths kept")
+        help="N layers in both models, in [1, 1000], the vocabularies and widths kept")
     add("--benchmark-first-step", action="store_true",
         help="time the first step (m = L masked), not the average one")
+    add("--benchmark-memory", action="store_true", help="the first step's memory at the preset's full "
+        "size, traced on fake tensors: no weights, no GPU, seconds")
+
+
+FLAGS = {"method": "--method", "K": "--samples", "T": "--steps", "L": "--max-new-tokens",
+         "M": "--guidance-steps", "lr": "--lr", "temperature": "--temperature", "top_p": "--top-p",
+         "seed": "--seed", "block_length": "--block-length", "entropy_from": "--entropy-from",
+         "remasking": "--remasking", "schedule": "--schedule", "guide_every": "--guide-every"}
 
 
 def configs(args):
-    """One checked Config per method asked for."""
+    """One checked Config per method asked for; a setting out of its range is refused, naming its
+    flag and the range."""
     shared = dict(K=args.samples, T=args.steps, L=args.max_new_tokens, M=args.guidance_steps, lr=args.lr,
                   temperature=args.temperature, top_p=args.top_p, seed=args.seed, block_length=args.block_length,
                   entropy_from=args.entropy_from, remasking=args.remasking, schedule=args.schedule,
                   eos_last=args.eos_last, guide_every=args.guide_every)
+    methods = METHODS if args.method == "all" else [args.method]
     try:
-        methods = METHODS if args.method == "all" else [args.method]
         return [Config(method, **shared).check() for method in methods]
     except ValueError as err:
-        raise InputError(str(err)) from None
+        field = str(err).split()[0]
+        raise InputError(f"{FLAGS.get(field, field)}: {err}") from None
 
 
 def pick_device(device):
@@ -1256,16 +1027,16 @@ def pick_device(device):
     return str(kind)
 
 
-def generate(models, prompts, seeds, cfg, progress=False, on_step=None, judge=None, compile=False):
+def generate(models, prompts, seeds, cfg, on_step=None, judge=None):
     """K responses for each prompt scored on text by the reward model (and a judge, (model,
     tokenizer), if given): one result dict per prompt. top1_score: the judge's score of the
-    best_response, the one R ranks first. compile: torch.compile both models' forwards."""
+    best_response, the one R ranks first."""
     dllm, tok, rm, rm_tok, embedding = models
     eos = end_ids(tok)
     prompt_ids = [dllm_prompt_ids(tok, p) for p in prompts]
-    denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L, tok.mask_token_id, compile)
-    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok), compile)
-    y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, progress, on_step=on_step)
+    denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L)
+    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
+    y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, on_step=on_step)
 
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its "
@@ -1425,41 +1196,63 @@ show(steps.length - 1);
 
 
 def read_prompts(path, field="prompt"):
-    """Prompt records from a text file (one prompt per line, as {field: line}) or a .jsonl file (one
-    JSON object per line, its prompt in `field`, its other fields kept). A byte-order mark and CRLF
+    """Prompt records from a prompts file: JSON lines (one object per line, its prompt in `field`,
+    its other fields kept), by the name (.jsonl, .ndjson, .json, any case) or by the content (every
+    line an object); a .json file holding one array of objects; or text, one prompt per line, as
+    {field: line}. A file mixing objects and text lines is refused. A byte-order mark and CRLF
     line ends are no part of any prompt."""
     try:
-        # utf-8-sig: without a leading byte-order mark
-        with open(path, encoding="utf-8-sig") as f:
-            lines = [(n, line) for n, line in enumerate(f.read().split("\n"), 1) if line.strip()]
+        with open(path, encoding="utf-8-sig") as f:       # utf-8-sig: without a byte-order mark
+            text = f.read()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
 
-    records = []
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    objects = [n for n, line in lines if isinstance(json_or_none(line), dict)]
+    whole = json_or_none(text)
+    whole = [whole] if isinstance(whole, dict) else whole
+    if isinstance(whole, list) and whole and all(isinstance(r, dict) for r in whole):
+        numbered = [(f"item {i}", record) for i, record in enumerate(whole, 1)]
+    elif path.lower().endswith((".jsonl", ".ndjson", ".json")) or len(objects) == len(lines):
+        numbered = [(f"line {n}", json_or_none(line)) for n, line in lines]
+    elif objects:
+        text_line = next(n for n, _ in lines if n not in objects)
+        raise InputError(f"{path}: line {objects[0]} is a JSON object, line {text_line} is not: make "
+                         "every line a JSON object (JSON lines) or none (one prompt per line)")
+    else:
+        numbered = [(f"line {n}", {field: line}) for n, line in lines]
 
-    for n, line in lines:
-        try:
-            record = json.loads(line) if path.endswith(".jsonl") else {field: line}
-        except json.JSONDecodeError:
-            raise InputError(f"{path} line {n} is not JSON: "
-                             "a .jsonl prompts file holds one JSON object per line") from None
-        if not isinstance(record, dict) or field not in record:
-            raise InputError(f'{path} line {n} has no prompt: it needs a non-empty "{field}" '
-                             'field (--prompt-field)')
-        if not isinstance(record[field], str):
-            raise InputError(f'{path} line {n}: its "{field}" field is {type(record[field]).__name__}, not text: '
-                             "a prompt is one string (--prompt-field names another field)")
-        check_text(record[field], f"{path} line {n}")
-        ours = sorted(set(record) & OUR_FIELDS - {field})
-        if ours:
-            raise InputError(f'{path} line {n} has a field "{ours[0]}", a name entrgi.py writes in each result: '
-                             "rename it in the prompts file")
-        records.append(record)
-
+    records = [prompt_record(path, where, record, field) for where, record in numbered]
     if not records:
         raise InputError(f"--prompts-file {path!r} holds no prompt")
-
     return records
+
+
+def json_or_none(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def prompt_record(path, where, record, field):
+    """A line (or an array's item) of a prompts file, checked: a JSON object with a text prompt in
+    `field` and no field named like one a result adds."""
+    if not isinstance(record, dict):
+        raise InputError(f"{path} {where} is not a JSON object: a JSON prompts file holds one "
+                         "object per line")
+    if field not in record:
+        raise InputError(f'{path} {where} has no prompt: it needs a non-empty "{field}" '
+                         'field (--prompt-field)')
+    if not isinstance(record[field], str):
+        raise InputError(f'{path} {where}: its "{field}" field is {type(record[field]).__name__}, not text: '
+                         "a prompt is one string (--prompt-field names another field)")
+    check_text(record[field], f"{path} {where}")
+    ours = sorted(set(record) & OUR_FIELDS - {field})
+    if ours:
+        raise InputError(f'{path} {where} has a field "{ours[0]}", a name entrgi.py writes in each result: '
+                         "rename it in the prompts file")
+    return record
 
 
 OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward", "top1_score",
@@ -1490,12 +1283,17 @@ def hold(path):
     if not regular_file(path):
         return contextlib.nullcontext()
 
-    f = open(path, "ab")
+    try:
+        f = open(path, "ab")
+    except OSError as err:
+        raise InputError(f"cannot write --output {path!r}: {err.strerror or err}") from None
 
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
         f.close()
+        if err.errno not in (errno.EAGAIN, errno.EACCES):     # a file system without locks
+            return contextlib.nullcontext()
         raise InputError(f"--output {path!r} is being written by another run (the same command "
                          "started twice?): wait for it, or pass another --output") from None
 
@@ -1566,15 +1364,17 @@ def append_line(path, record):
 
 
 def write_page(path, text, flag="--trace"):
-    """The --trace page (or the benchmark's JSON), all or nothing: written to a
-    temporary file, then renamed."""
+    """The --trace page (or the benchmark's JSON), all or nothing: written to a temporary file,
+    then renamed; the temporary file does not outlive a failure or an interruption."""
     try:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(path + ".tmp", path)
-    except OSError as err:
-        if os.path.exists(path + ".tmp"):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.remove(path + ".tmp")
+        if not isinstance(err, OSError):
+            raise
         raise WriteError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
 
 
@@ -1585,28 +1385,31 @@ def check_run(args):
     one = args.prompt is not None
 
     for bad, message in ((one == (args.prompts_file is not None), "pass one of --prompt TEXT or --prompts-file FILE"),
-                         (one and not args.prompt.strip(), "the prompt is empty: pass some text with --prompt"),
                          (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
                          (not one and args.trace, "--trace draws one prompt: use it with --prompt"),
-                         (args.batch_size < 1, f"the batch size must be at least 1, got {args.batch_size}")):
+                         (not 1 <= args.batch_size <= 2**16, f"--batch-size must lie in [1, 65536], got {args.batch_size}")):
         if bad:
             raise InputError(message)
 
-    for path, flag in ((args.output, "--output"), (args.trace, "--trace")):
-        if path and os.path.isdir(path):
-            raise InputError(f"cannot write {flag} {path!r}: it is a folder")
-        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
-            raise InputError(f"cannot write {flag} {path!r}: its folder does not "
-                             "exist or is read-only")
-        if path and os.path.exists(path) and not os.access(path, os.W_OK):
-            raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
+    files = [(args.output, "--output"), (args.trace, "--trace"), (args.prompts_file, "--prompts-file")]
+    named = [(path, flag) for path, flag in files if path is not None]
+    for path, flag in named:
+        if not path.strip():
+            raise InputError(f"{flag} names no file: pass a file name")
+    same = [flag for path, flag in named[1:] if os.path.realpath(path) == os.path.realpath(named[0][0])]
+    if same:
+        raise InputError(f"{named[0][1]} and {same[0]} name the same file {named[0][0]!r}: pass two files")
+    for path, flag in files[:2]:
         if path:
-            probe_write(path, flag)
+            check_writable(path, flag)
 
     if one:
         check_text(args.prompt, "--prompt")
 
     prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
+    if args.seed + len(prompts) - 1 >= 2**63:
+        raise InputError(f"--seed: prompt i gets seed + i, which must stay below 2**63: the seed "
+                         f"must be at most {2**63 - len(prompts)} for {len(prompts)} prompts")
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
     # one spelling a folder
     where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name
@@ -1616,16 +1419,29 @@ def check_run(args):
     return cfgs, prompts, settings
 
 
-def probe_write(path, flag):
-    """Opens `path` for appending, writing nothing (a file it creates is removed again):
-    a path the machine will not write (a read-only file system, /sys, /proc) is found
-    before any model loads."""
+def check_writable(path, flag):
+    """An --output or --trace the machine will write, found before any model: not a folder, in
+    a folder that exists, and opened for appending, writing nothing (a file it creates is removed
+    again), without waiting on a pipe that nobody reads: a read-only file or file system, /proc,
+    /sys are refused."""
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise InputError(f"cannot write {flag} {path!r}: it is a folder")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise InputError(f"cannot write {flag} {path!r}: its folder does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write {flag} {path!r}: the file is read-only")
+
     existed = os.path.exists(path)
     try:
-        with open(path, "ab"):
-            pass
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.lseek(fd, 0, os.SEEK_END)             # as an append does (/proc refuses it)
+        finally:
+            os.close(fd)
     except OSError as err:
-        raise InputError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
+        why = "a pipe that nothing reads" if err.errno == errno.ENXIO else err.strerror or err
+        raise InputError(f"cannot write {flag} {path!r}: {why}") from None
     if not existed:
         with contextlib.suppress(FileNotFoundError):     # (torchrun's other processes probe it too)
             os.remove(path)
@@ -1656,11 +1472,18 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
 
 
 def run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces, progress):
-    """One method on a batch of prompts: each result checked, printed, appended to --output."""
+    """One method on a batch of prompts: each result checked, printed, appended to --output (the
+    results a refused write leaves unwritten go to standard output: none is lost)."""
     trace = []
     one = args.prompt is not None
-    out = generate(models, [prompts[i][args.prompt_field] for i in batch], [cfg.seed + i for i in batch], cfg,
-                   one, (lambda *step: trace.append(step)) if args.trace else None, judge, args.compile)
+    with tqdm(total=cfg.T, desc=f"{cfg.method} denoising", file=sys.stderr, disable=not one) as bar:
+        def on_step(k, y, likely):
+            bar.update(k + 1 - bar.n)
+            if args.trace:
+                trace.append((k, y, likely))
+
+        texts = [prompts[i][args.prompt_field] for i in batch]
+        out = generate(models, texts, [cfg.seed + i for i in batch], cfg, on_step, judge)
 
     for i, result in zip(batch, out):
         scores = [v for r in result["responses"] for k, v in r.items() if k in ("reward", "score")]
@@ -1668,22 +1491,34 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
             raise InputError(f"prompt {i}, {cfg.method}: a response's score is {scores} (not a "
                              "number): the reward model's weights or --dtype (float16 "
                              "overflows) are at fault")
-        results.append({**prompts[i], "index": i, **result, "settings": settings})
-        traces.append(trace)
-        for j, r in enumerate(result["responses"] if one else []):
+
+    records = [{**prompts[i], "index": i, **result, "settings": settings} for i, result in zip(batch, out)]
+    for n, record in enumerate(records):
+        for j, r in enumerate(record["responses"] if one else []):
             judged = f", judge's score {r['score']:.4f}" if judge else ""
-            show(f"--- {cfg.method} trajectory {j}: reward "
-                 f"{r['reward']:.4f}{judged}\n{r['text']}\n")
-        if args.output:
-            append_line(args.output, results[-1])
-        progress["done"] += 1
-        done = progress["done"]
-        total = progress["total"]
-        seconds = time.perf_counter() - progress["began"]
-        left = f", about {seconds / done * (total - done):.0f} s left" if done < total else ""
-        print(f"prompt {i} {cfg.method} ({done} of {total}): Top@1 "
-              f"{result['top1_reward']:.4f}  Avg@{cfg.K} {result['avg_reward']:.4f}  "
-              f"{seconds / done:.1f} s per result{left}", file=sys.stderr)
+            show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+        try:
+            if args.output:
+                append_line(args.output, record)
+        except WriteError as err:
+            show("\n".join(json.dumps(r) for r in records[n:]))
+            raise WriteError(f"{err} (the {plural(len(records) - n, 'result')} it did not take: on "
+                             "standard output)") from None
+        results.append(record)
+        traces.append(trace)
+        say_progress(progress, record, cfg)
+
+
+def say_progress(progress, record, cfg):
+    """One line a result: where the run is, its seconds per result, the time left."""
+    progress["done"] += 1
+    done = progress["done"]
+    total = progress["total"]
+    seconds = time.perf_counter() - progress["began"]
+    left = f", about {seconds / done * (total - done):.0f} s left" if done < total else ""
+    print(f"prompt {record['index']} {cfg.method} ({done} of {total}): Top@1 "
+          f"{record['top1_reward']:.4f}  Avg@{cfg.K} {record['avg_reward']:.4f}  "
+          f"{seconds / done:.1f} s per result{left}", file=sys.stderr)
 
 
 def agree(world, error):
@@ -1744,41 +1579,48 @@ def show(text):
 def run(args):
     """Every prompt (--prompt or --prompts-file) with every method asked for: printed and, with
     --output, appended as a JSON line as it finishes (the same command resumes; torchrun's processes
-    share the prompts); a summary."""
+    share the prompts); a summary. --output is held for the run: another run on it is refused, under
+    torchrun too (its first process holds it)."""
     cfgs, prompts, settings = check_run(args)
-    alone = int(os.environ.get("WORLD_SIZE", 1)) == 1
-    with hold(args.output) if args.output and alone else contextlib.nullcontext():
-        run_checked(args, cfgs, prompts, settings)
-
-
-def run_checked(args, cfgs, prompts, settings):
-    """`run` after the checks, with --output held."""
-    done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
-    if args.trace and done:
-        raise InputError(f"--output {args.output!r} holds this run already: to trace it, "
-                         "pass another --output")
     device = pick_device(args.device)
-    warn_slow_dtype(device, args.dtype)
-    world, rank = join_processes(args, device, whole)
+    world, rank = join_processes(device)
+    lock = contextlib.nullcontext()
+    error = None
+    try:
+        if args.output and rank == 0:
+            lock = hold(args.output)
+    except InputError as err:
+        error = err
+    agree(world, error)
+    with lock:
+        run_checked(args, cfgs, prompts, settings, device, world, rank)
 
-    dllm, tok = load_dllm(args.dllm, device, args.dtype)
-    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype)
-    judge = load_reward_model(args.score_model, device, args.dtype) if args.score_model else None
-    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
-    check_fits(dllm, [dllm_prompt_ids(tok, r[args.prompt_field]) for r in prompts], args.max_new_tokens)
+
+def run_checked(args, cfgs, prompts, settings, device, world, rank):
+    """`run` after the checks, with --output held."""
+    error = None
+    try:
+        done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
+        if args.trace and done:
+            raise InputError(f"--output {args.output!r} holds this run already: to trace it, "
+                             "pass another --output")
+        models, judge = load_models(args, prompts, device)
+    except InputError as err:
+        error = err
+    agree(world, error)
+    cut_unfinished(args, whole, rank, world)
 
     todo = [(i, {c.method for c in cfgs} - {method for j, method in done if j == i})
             for i in range(rank, len(prompts), world)]
     if done and rank == 0:
         print(f"resuming: {plural(len(done), 'result')} already in {args.output}", file=sys.stderr)
     start = time.perf_counter()
-    models = (dllm, tok, rm, rm_tok, embedding)
     results, traces = run_prompts(args, models, judge, cfgs, prompts, settings, todo, world)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"peak GPU memory: {peak:.2f} GiB", file=sys.stderr)
     if args.trace:
-        write_page(args.trace, trace_page(args.prompt, settings, results, traces, tok))
+        write_page(args.trace, trace_page(args.prompt, settings, results, traces, models[1]))
         print(f"the denoising page: {args.trace}", file=sys.stderr)
 
     new = torch.tensor([len(results)], device=device)
@@ -1795,24 +1637,47 @@ def run_checked(args, cfgs, prompts, settings):
         leave(0)
 
 
-def join_processes(args, device, whole):
-    """Under torchrun, join the process group (one process per GPU; each takes every
-    world-th prompt): (world, rank). The first process drops an unfinished last line of
-    --output before any appends."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = 0
-    if world > 1:
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        rank = torch.distributed.get_rank()
+def load_models(args, prompts, device):
+    """Every model folder checked, and every prompt against the models' positions, before any
+    weights load; then the weights: ((dllm, tokenizer, rm, its tokenizer, E^R), judge or None)."""
+    warn_slow_dtype(device, args.dtype)
+    if args.steps > args.max_new_tokens:
+        print(f"entrgi.py: note: T = {args.steps} steps for L = {args.max_new_tokens} tokens: the "
+              "steps that reveal nothing are skipped", file=sys.stderr)
+    opened = open_dllm(args.dllm)
+    rm_opened = open_reward_model(args.reward_model)
+    judge_opened = open_reward_model(args.score_model) if args.score_model else None
+    check_fits(opened, rm_opened, [r[args.prompt_field] for r in prompts], args.max_new_tokens)
 
+    dllm, tok = load_dllm(args.dllm, device, args.dtype, opened)
+    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype, rm_opened)
+    judge = load_reward_model(args.score_model, device, args.dtype, judge_opened) if judge_opened else None
+    if args.compile:
+        compile_models(dllm, rm)
+    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
+    return (dllm, tok, rm, rm_tok, embedding), judge
+
+
+def join_processes(device):
+    """Under torchrun, join the process group (one process per GPU; each takes every world-th
+    prompt): (world, rank)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 1, 0
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return world, torch.distributed.get_rank()
+
+
+def cut_unfinished(args, whole, rank, world):
+    """The first process drops an unfinished last line of --output (a killed run's) before any
+    process appends."""
     if rank == 0 and args.output and regular_file(args.output) and os.path.exists(args.output) \
             and os.path.getsize(args.output) > whole:
         os.truncate(args.output, whole)
     if world > 1:
         torch.distributed.barrier()                      # no process appends before the cut
-    return world, rank
 
 
 def leave(status):
@@ -1835,54 +1700,109 @@ def warn_slow_dtype(device, dtype):
               "(17x measured on the tests' models); leave --dtype auto there", file=sys.stderr)
 
 
-def deterministic():
-    """Process-wide: CUDA kernels that give the same result on every run on the same GPU
-    (torch's deterministic algorithms; attention's plain math kernel, whose backward
-    adds in a fixed order)."""
+def deterministic(device):
+    """Process-wide: kernels that give the same result on every run on the same GPU (torch's
+    deterministic algorithms; on CUDA, attention's plain math kernel, whose backward adds in a
+    fixed order: the switches reach a CPU's attention too, so they are left alone there)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")      # before cuBLAS starts
     torch.use_deterministic_algorithms(True)
-    torch.backends.cuda.enable_flash_sdp(False)
-    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a kill, a closed terminal): the run ends as Ctrl-C ends it."""
+
+
+def stop(signum, frame):
+    raise Stopped(signum)
+
+
+STOPS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def main(argv=None):
-    parser, args = parse_args(argv)
-
-    if args.deterministic:
-        deterministic()
-
+    """The command line. Every fault ends in one line, `entrgi.py: error: ...`, and a status: 2 bad
+    input, 74 a write the machine refused, 130 Ctrl-C (128 + N for signal N), from the first
+    instant to the last."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOPS)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)    # Ctrl-C: a KeyboardInterrupt
+    for signum in STOPS:
+        signal.signal(signum, stop)
+    for stream in (sys.stdout, sys.stderr):           # what a terminal or pipe cannot show: escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
+        parser, args = parse_args(argv)
+        status, message = command(args)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    if status:
+        parser.exit(status, message + "\n")
+
+
+def command(args):
+    """main's work: (status, the line that ends it, if any)."""
+    try:
+        if args.deterministic:
+            deterministic(pick_device(args.device))
         if args.benchmark:
-            cfg = configs(args)[0]
-            if args.method == "all" or args.benchmark_steps < 1 or (args.benchmark_layers or 1) < 1:
-                raise InputError("--benchmark times one method (not all), at least one "
-                                 "repetition, at least one layer")
-            warn_slow_dtype(pick_device(args.device), args.dtype)
-            result = benchmark(args.benchmark, pick_device(args.device), args.dtype, cfg.K, cfg.L, cfg.M, 64,
-                               args.benchmark_steps, cfg.method, args.benchmark_layers, args.benchmark_first_step,
-                               args.compile)
-            report(result)
-            if args.output:
-                write_page(args.output, json.dumps(result, indent=1) + "\n", "--output")
+            run_benchmark(args)
         else:
             run(args)
+        return 0, None
     except InputError as err:
-        parser.exit(2, f"entrgi.py: error: {err}\n")
+        return 2, f"entrgi.py: error: {err}"
     except WriteError as err:
-        parser.exit(74, f"entrgi.py: error: {err}\n")
+        return 74, f"entrgi.py: error: {err}"
     except KeyboardInterrupt:
-        parser.exit(130, "\nentrgi.py: interrupted\n")
+        return 130, "\nentrgi.py: interrupted"
+    except Stopped as stopped:
+        signum = stopped.args[0]
+        return 128 + signum, f"\nentrgi.py: stopped by {signal.Signals(signum).name}"
     except (torch.OutOfMemoryError, MemoryError) as err:
-        parser.exit(2, f"entrgi.py: error: out of memory ({' '.join(str(err).split())[:160]}): lower --batch-size, "
-                       "--samples or --max-new-tokens, or use a device with more memory\n")
+        return 2, (f"entrgi.py: error: out of memory ({' '.join(str(err).split())[:160]}): lower "
+                   "--batch-size, --samples or --max-new-tokens, or use a device with more memory")
     except RuntimeError as err:
         if "can't allocate memory" not in str(err):      # the CPU allocator's out of memory
             raise
-        parser.exit(2, "entrgi.py: error: out of memory: lower --batch-size, --samples or --max-new-tokens\n")
+        return 2, "entrgi.py: error: out of memory: lower --batch-size, --samples or --max-new-tokens"
+
+
+def run_benchmark(args):
+    """--benchmark: its settings checked, the step timed, the figures printed (and with --output,
+    written as JSON)."""
+    cfg = configs(args)[0]
+    if args.method == "all" or not 1 <= args.benchmark_steps <= 1000 \
+            or not 1 <= (args.benchmark_layers or 1) <= 1000:
+        raise InputError("--benchmark times one method (not all), --benchmark-steps and "
+                         "--benchmark-layers in [1, 1000]")
+    if args.output:
+        check_writable(args.output, "--output")
+    if args.benchmark_memory:
+        result = memory_trace(args.benchmark, cfg.K, cfg.L, cfg.M, 64, cfg.method)
+        total = result["weights_gib"] + result["embedding_gib"] + result["step_peak_gib"]
+        print(f"memory of the first step, {args.benchmark} preset, {cfg.method}, bfloat16, K = {cfg.K}, "
+              f"L = {cfg.L} (all masked), M = {cfg.M} (fake tensors: shapes, no data): weights "
+              f"{result['weights_gib']:.2f} GiB + E^R {result['embedding_gib']:.2f} GiB + the step's "
+              f"peak {result['step_peak_gib']:.2f} GiB = {total:.2f} GiB of tensors")
+        if args.output:
+            write_page(args.output, json.dumps(result, indent=1) + "\n", "--output")
+        return
+    device = pick_device(args.device)
+    warn_slow_dtype(device, args.dtype)
+    result = benchmark(args.benchmark, device, args.dtype, cfg.K, cfg.L, cfg.M, 64, args.benchmark_steps,
+                       cfg.method, args.benchmark_layers, args.benchmark_first_step, args.compile)
+    report(result)
+    if args.output:
+        write_page(args.output, json.dumps(result, indent=1) + "\n", "--output")
+
 
 
 # -----------------------------------------------------------------------------
-# 7. Benchmark: the cost of a guided step at the real size, without downloaded weights
+# 8. Benchmark: the cost of a guided step at the real size, without downloaded weights
 
 
 # The presets' models: the dLLM's configuration class and fields, and the reward model's (Qwen3,
@@ -1938,6 +1858,62 @@ def peak_memory(fn, cuda):
     return status("VmHWM:") - before if os.path.exists("/proc/self/clear_refs") else None
 
 
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the tensors that operators create while it is on, counted while they live (by
+    storage: a view is no new memory), and their peak. Tensors that exist before (`known`, such as
+    the weights) are not counted, nor are their views."""
+
+    def __init__(self, known=()):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.alive = {}                              # id(storage) -> a weak reference to it
+        for t in known:
+            storage = t.untyped_storage()
+            self.alive[id(storage)] = weakref.ref(storage)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.count(t.untyped_storage())
+        return out
+
+    def count(self, storage):
+        key = id(storage)
+        if key in self.alive and self.alive[key]() is storage:
+            return
+        n = storage.nbytes()
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        self.alive[key] = weakref.ref(storage, lambda _, key=key, n=n: self.free(key, n))
+
+    def free(self, key, n):
+        self.live -= n
+        self.alive.pop(key, None)
+
+
+def memory_trace(preset="real", K=4, L=128, M=3, P=64, method="entrgi", dtype=torch.bfloat16, fake=True):
+    """The first step's memory (every position masked) at a preset's full size, without the memory:
+    the step runs on fake tensors (shapes and dtypes, no data: FakeTensorMode) and each tensor it
+    creates is counted while it lives. GiB: the weights, E^R, the step's peak beyond them. fake=False
+    runs it on real CPU tensors (the tests compare the two)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
+        dllm, rm = random_models(preset, "cpu", dtype)
+        V = dllm.config.vocab_size
+        embedding = rm.get_input_embeddings().weight[torch.arange(V) % rm.config.vocab_size]
+        denoiser = make_denoiser(dllm, [list(range(P))], K, L)
+        reward = make_reward(rm, [list(range(P + 12))], [list(range(5))], K, [V - 2])
+        weights = [t for model in (dllm, rm) for t in (*model.parameters(), *model.buffers())]
+        live = LiveBytes([*weights, embedding])
+        with live:
+            sample(denoiser, reward, embedding, [0], V - 1, [V - 2], Config(method, K, T=1, L=L, M=M))
+    gib = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 2**30
+    return {"preset": preset, "method": method, "K": K, "L": L, "M": M, "P": P, "dtype": str(dtype)[6:],
+            "weights_gib": gib(weights), "embedding_gib": gib([embedding]), "step_peak_gib": live.peak / 2**30}
+
+
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
               layers=None, first_step=False, compile=False):
     """Times a guided step at m masked positions (L / 2: a T = L run's average step; L: its first)
@@ -1954,7 +1930,9 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     # one step that reveals all m: a step at m masked positions
     cfg = Config(method, K, T=1, L=L, M=M).check()
     g = torch.Generator()
-    denoiser, reward, embedding, y0 = step_inputs(dllm, rm, K, L, m, P, g, compile)
+    if compile:
+        compile_models(dllm, rm)
+    denoiser, reward, embedding, y0 = step_inputs(dllm, rm, K, L, m, P, g)
     V = dllm.config.vocab_size
     step = lambda: sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg, y0=y0)
 
@@ -1985,7 +1963,7 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
             "softmax_s": softmax, "peak_beyond_weights_gib": peak, "weights_gib": weights}
 
 
-def step_inputs(dllm, rm, K, L, m, P, g, compile):
+def step_inputs(dllm, rm, K, L, m, P, g):
     """The benchmark's step: a random prompt of P tokens and K rows of L tokens, m of them masked
     (mask id V - 1, end id V - 2), the denoiser and the reward over them, and E^R."""
     V = dllm.config.vocab_size
@@ -1996,8 +1974,8 @@ def step_inputs(dllm, rm, K, L, m, P, g, compile):
     embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]
     y0 = torch.randint(0, V - 2, (K, L), generator=g)
     y0 = y0.scatter(1, torch.rand(K, L, generator=g).argsort(1)[:, :m], V - 1).to(device)
-    denoiser = make_denoiser(dllm, [prompt], K, L, V - 1, compile)
-    reward = make_reward(rm, [prefix], [suffix], K, [V - 2], compile=compile)
+    denoiser = make_denoiser(dllm, [prompt], K, L)
+    reward = make_reward(rm, [prefix], [suffix], K, [V - 2])
     return denoiser, reward, embedding, y0
 
 
@@ -2106,7 +2084,8 @@ def report(r):
           f"prompt {r['P']} tokens, {r['method']}" + (", compiled" if r["compile"] else "")
           + f", median of {r['steps']}")
     rows = [*r["parts_s"].items(), ("eager floor (the parts)", r["floor_s"]), ("guided step", r["total_s"]),
-            ("physical floor", r["physical_floor_s"]), ("first step (warm-up, compiling)", r["first_step_s"])]
+            ("physical floor", r["physical_floor_s"]),
+            ("first step (warm-up" + (", compiling)" if r["compile"] else ")"), r["first_step_s"])]
 
     for name, seconds in rows:
         print(f"  {name:<40} {seconds * 1e3:10.1f} ms")
@@ -2127,4 +2106,7 @@ def report(r):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:                            # Ctrl-C as main() ended: the same line
+        interrupted(signal.SIGINT, None)

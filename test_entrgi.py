@@ -36,7 +36,7 @@ def run_sampler(dllm, rm, embedding, method, seeds, L=8, T=8, M=3, lr=0.5, rewar
     prompts = PROMPTS[: len(seeds)]
     cfg = entrgi.Config(method=method, K=K, T=T, L=L, M=M, lr=lr, **kw).check()
     eos = entrgi.end_ids(tok)
-    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, p) for p in prompts], K, L, tok.mask_token_id)
+    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, p) for p in prompts], K, L)
     reward = reward or entrgi.make_reward(rm_model, *entrgi.rm_slots(rm_tok, prompts), K, eos)
     return entrgi.sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, on_step=on_step)
 
@@ -121,38 +121,8 @@ def test_relax_temperature_shapes_and_entropy_source():
     e_soft, _ = entrgi.relax(psi, E, "soft", 0.5, 1.0, None)
     torch.testing.assert_close(e_soft, q @ E)
 
-def test_fast_forms_equal_the_plain_forms_their_docstrings_give(monkeypatch):
-    """SoftEmbedding's written-out backward is autograd's through softmax(psi / tau) @ E;
-    adam_step is torch.optim.Adam; mass_above, in row blocks, is the one-line sum."""
-    g = torch.Generator().manual_seed(3)
-    psi = torch.randn(2, 5, 9, generator=g, dtype=torch.float64, requires_grad=True)
-    E = torch.randn(9, 4, generator=g, dtype=torch.float64)
-    c = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
-    q = torch.softmax(psi.detach() / 0.7, -1)
-    fast, = torch.autograd.grad((entrgi.SoftEmbedding.apply(psi, q, E, 0.7) * c).sum(), psi)
-    plain, = torch.autograd.grad((torch.softmax(psi / 0.7, -1) @ E * c).sum(), psi)
-    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
-
-    weights = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    reference = weights.clone().requires_grad_(True)
-    adam = torch.optim.Adam([reference], lr=0.3, betas=(0.8, 0.99), eps=1e-3)
-    moment1, moment2 = torch.zeros_like(weights), torch.zeros_like(weights)
-    for step in range(1, 6):
-        grad = torch.randn(3, 4, generator=g, dtype=torch.float64)
-        entrgi.adam_step(weights, grad.clone(), moment1, moment2, step, 0.3, (0.8, 0.99), 1e-3)
-        reference.grad = grad
-        adam.step()
-    torch.testing.assert_close(weights, reference.detach(), rtol=0, atol=1e-12)
-
-    p = torch.rand(7, 50, generator=g)
-    t = torch.rand(7, 3, generator=g)
-    monkeypatch.setattr(entrgi, "CPU_CACHE_BYTES", 400)                  # blocks of 2 rows
-    plain = ((p[:, None, :] > t[..., None]) * p[:, None, :]).sum(-1)
-    torch.testing.assert_close(entrgi.mass_above(p, t), plain)
-
-
 # -----------------------------------------------------------------------------
-# the nucleus sampler: exact draws without sorting the vocabulary
+# the nucleus sampler: exact draws, nothing read back
 
 
 def nucleus(q, top_p):
@@ -285,78 +255,32 @@ def test_embedding_reward_equals_text_reward_and_ignores_what_follows_the_end(rm
     torch.testing.assert_close(R, text, rtol=0, atol=1e-5)
 
 
-def test_reward_cut_after_the_longest_read_prefix_is_unchanged(rm):
-    """R and its gradient in e, on the first n positions (n: past every row's read) and on all L, equal those
-    of the whole slot computed here row by row without the cached prefix. 2 prompts x K = 2 rows of L = 12
-    ending at 3, 5, 9, 2 (read: 9 positions), then at 3, 5, 9 and nowhere (all 12)."""
+def test_reward_with_its_cached_prefix_equals_the_whole_chat_row_by_row(rm):
+    """R and its gradient in e, from make_reward (the prefix's keys and values computed once, the rows past each
+    end hidden by the attention mask), equal those of the whole chat computed row by row without a cache:
+    2 prompts x K = 2 rows of L = 12 ending at 3, 5, 9 and nowhere, embeddings off the tokens."""
     rm_model, rm_tok = rm
     E = rm_model.get_input_embeddings().weight
     g = torch.Generator().manual_seed(0)
     L, end = 12, rm_tok.eos_token_id
     prefixes, suffixes = entrgi.rm_slots(rm_tok, PROMPTS)
     reward = entrgi.make_reward(rm_model, prefixes, suffixes, 2, [end])
-    for ends, read in (((3, 5, 9, 2), 9), ((3, 5, 9, None), L)):
-        tokens = torch.randint(0, 300, (4, L), generator=g)
-        for row, at in enumerate(ends):
-            if at is not None:
-                tokens[row, at] = end
-        e = (E[tokens] + 0.1 * torch.randn(4, L, E.shape[1], generator=g)).requires_grad_(True)   # off the tokens
-        for n in (read, L):
-            R = reward(e[:, :n], tokens[:, :n])
-            grad, = torch.autograd.grad(R.sum(), e)
-            for row in range(4):
-                p, s = (torch.tensor(ids[row // 2]) for ids in (prefixes, suffixes))
-                x = torch.cat([E[p], e[row], E[s]])[None]
-                seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
-                valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
-                R_full = entrgi.rm_score(rm_model, x, valid[None])
-                grad_full, = torch.autograd.grad(R_full.sum(), e)
-                torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
-                torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
-
-
-def test_read_limit_is_the_latest_first_revealed_end():
-    """The reward's width bounds in `sample`, one per prompt, from the update before the newest (a step old:
-    on a GPU long arrived): L until then, then the latest first revealed end token over the prompt's rows (a
-    masked position, 9 here, is no end). (The third update takes a revealed end away, which `sample` never
-    does: the bound follows it.)"""
-    limit = entrgi.read_limit(torch.tensor([1, 2]), 6, K=2, prompts=2)
-    assert limit() == [6, 6]
-    rows = [[5, 9, 1, 9, 9, 9], [9, 9, 9, 9, 2, 9], [1, 9, 9, 9, 9, 9], [9, 2, 9, 9, 9, 9]]
-    limit.update(torch.tensor(rows))
-    assert limit() == [6, 6]                                         # the newest update is a step too new
-    rows[1][0] = 1
-    limit.update(torch.tensor(rows))
-    assert limit() == [4, 1]                                         # per prompt: the latest of its two rows
-    rows[0][2] = 9
-    limit.update(torch.tensor(rows))
-    assert limit() == [2, 1]
-    limit.update(torch.tensor(rows))
-    assert limit() == [6, 1]
-
-
-def test_sampler_passes_the_reward_the_read_limit():
-    """Guided, the reward is given the first n positions, n the latest first revealed end token, and the
-    result equals a run whose reward always sees all L (the reward reads nothing past an end token).
-    The denoiser is sure of the end token (id 1) at position 4 of every row."""
-    V, L, end, mask = 12, 10, 1, 11
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(L, V, generator=g)
-    logits[4, end] = 20.0
-    E, c = torch.randn(V, 3, generator=g), torch.randn(3, generator=g)
-    full = lambda e, tokens: (torch.tanh(e @ c) * entrgi.reads(tokens, torch.tensor([end]))).sum(-1)
-    widths = []
-    def cut(e, tokens):
-        widths.append(e.shape[1])
-        pad = L - e.shape[1]
-        return full(torch.cat([e, e.new_zeros(e.shape[0], pad, 3)], 1), torch.cat([tokens, tokens.new_full(
-            (tokens.shape[0], pad), end)], 1))
-    cfg = entrgi.Config(method="entrgi", K=3, T=L, L=L, M=2, eos_last=False)
-    denoiser = lambda y: logits.expand(y.shape[0], -1, -1).clone()
-    y_cut, _ = entrgi.sample(denoiser, cut, E, [0, 1], mask, [end], cfg)
-    y_all, _ = entrgi.sample(denoiser, full, E, [0, 1], mask, [end], cfg)
-    assert torch.equal(y_cut, y_all) and (y_cut[:, 4] == end).all()
-    assert widths[0] == L and min(widths) <= 4 and widths == sorted(widths, reverse=True)
+    tokens = torch.randint(0, 300, (4, L), generator=g)
+    for row, at in enumerate((3, 5, 9)):
+        tokens[row, at] = end
+    e = (E[tokens] + 0.1 * torch.randn(4, L, E.shape[1], generator=g)).requires_grad_(True)
+    R = reward(e, tokens)
+    grad, = torch.autograd.grad(R.sum(), e)
+    for row in range(4):
+        p, s = (torch.tensor(ids[row // 2]) for ids in (prefixes, suffixes))
+        x = torch.cat([E[p], e[row], E[s]])[None]
+        seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
+        valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
+        R_full = entrgi.rm_score(rm_model, x, valid[None])
+        grad_full, = torch.autograd.grad(R_full.sum(), e)
+        torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
+    assert (grad[0, 4:] == 0).all() and (grad[3] != 0).any()              # nothing past an end is read
 
 
 def test_reads_stops_at_the_first_end_and_skips_leading_lead_tokens():
@@ -372,8 +296,8 @@ def test_reads_stops_at_the_first_end_and_skips_leading_lead_tokens():
 
 
 def test_guide_is_adam_on_the_reward():
-    """guide (the soft path's written-out backward, fused Adam, the response slot) against the
-    textbook loop: autograd through softmax and torch.optim.Adam, float64."""
+    """guide against the textbook loop: autograd through softmax and torch.optim.Adam, float64; the same
+    under torch.no_grad (guide opens autograd itself), the logits left as they were."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 3, 6, generator=g, dtype=torch.float64)           # (N, m, V) at the masked positions
     E = torch.randn(6, 5, generator=g, dtype=torch.float64)
@@ -382,8 +306,11 @@ def test_guide_is_adam_on_the_reward():
     reward = lambda e, tokens: (torch.tanh(e @ c) * entrgi.reads(tokens, end)).sum(-1) + e.pow(2).sum((1, 2)) * 0.1
     y = torch.tensor([[2, 0, 0, 0]] * 3)                                       # 0 = the mask id here
     idx = torch.tensor([[1, 2, 3]] * 3)
-    cfg = entrgi.Config(method="soft", K=3, M=4, lr=0.3, temperature=0.7)
-    psi, skipped = entrgi.guide(logits.clone(), y, idx, reward, E, cfg, None)
+    before = logits.clone()
+    psi, skipped = entrgi.guide(logits, y, idx, reward, E, None, method="soft", M=4, lr=0.3, temperature=0.7)
+    with torch.no_grad():
+        again, _ = entrgi.guide(logits, y, idx, reward, E, None, method="soft", M=4, lr=0.3, temperature=0.7)
+    assert torch.equal(again, psi) and torch.equal(logits, before)
     ref = logits.clone().requires_grad_(True)
     adam = torch.optim.Adam([ref], lr=0.3)
     for _ in range(4):
@@ -397,15 +324,13 @@ def test_guide_is_adam_on_the_reward():
 
 
 def transcribed_top_p(p, top_p, u):
-    """One position's draw, transcribed from top_p_sample's docstring: candidates from p in vocabulary
-    order; the first whose more likely tokens hold <= top_p is it; else the nucleus by sorting."""
-    cdf = torch.cumsum(p, 0)
-    for c in u[:-1]:
-        x = min(int((cdf <= c * cdf[-1]).sum()), len(p) - 1)
-        if p[x] > 0 and p[p > p[x]].sum() <= top_p:
-            return x
+    """One position's draw, transcribed from top_p_sample's docstring: the tokens sorted by probability
+    (ties in vocabulary order), the nucleus kept, the first whose cumulative mass passes u times the
+    nucleus's mass."""
+    order = sorted(range(len(p)), key=lambda i: -p[i].item())
     kept = nucleus(p, top_p)
-    return min(int((kept.cumsum(0) <= u[-1]).sum()), len(p) - 1)
+    cdf = torch.cumsum(kept[order], 0)
+    return order[min(int((cdf <= u * cdf[-1]).sum()), int((kept > 0).sum()) - 1)]
 
 
 def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
@@ -413,7 +338,7 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
     model, tok = dllm
     K, L, T, tau, top_p, seed = 3, 6, 4, 0.7, 0.95, 5
     y, _ = run_sampler(dllm, rm, embedding, "bon", [seed], L=L, T=T, K=K)
-    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, PROMPTS[0])], K, L, tok.mask_token_id)
+    denoiser = entrgi.make_denoiser(model, [entrgi.dllm_prompt_ids(tok, PROMPTS[0])], K, L)
     eos, mask = entrgi.end_ids(tok), tok.mask_token_id
     gen = torch.Generator().manual_seed(seed)
     ref = torch.full((K, L), mask)
@@ -423,7 +348,8 @@ def test_unguided_sampler_follows_algorithm_1(dllm, rm, embedding):
         if n == 0:
             continue
         logits = denoiser(ref)
-        u = torch.rand((K, n_masked, 4), generator=gen)                 # 4 uniforms per masked position, in order
+        logits[..., mask] = -math.inf                                    # the mask is never proposed
+        u = torch.rand((K, n_masked), generator=gen)                    # a uniform per masked position, in order
         for r in range(K):
             candidates = []
             for j, l in enumerate(l for l in range(L) if ref[r, l] == mask):
@@ -616,25 +542,26 @@ def test_benchmark_measures_the_step_and_its_floors(capsys, monkeypatch, tmp_pat
 # the pieces people copy stand alone
 
 
-def test_guide_leaves_the_caller_s_logits_unless_asked_to_overwrite():
+def test_guide_and_relax_run_without_config_and_under_no_grad():
+    """What a copier calls: guide with the paper's keywords only, inside torch.no_grad (as Dream's generate
+    runs), and relax alone; the caller's logits unchanged."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 6, generator=g)
     E = torch.randn(6, 4, generator=g)
     y, idx = torch.tensor([[5, 0, 0, 0]] * 2), torch.tensor([[1, 2, 3]] * 2)
     reward = lambda e, tokens: e.sum((1, 2))
-    cfg = entrgi.Config(method="soft", K=2, M=2, lr=0.3)
     before = logits.clone()
-    psi, _ = entrgi.guide(logits, y, idx, reward, E, cfg, None)
-    assert torch.equal(logits, before) and not torch.equal(psi, before)
-    psi2, _ = entrgi.guide(logits, y, idx, reward, E, cfg, None, overwrite=True)
-    assert torch.equal(psi2, psi) and torch.equal(logits, psi)          # built in the caller's memory, as asked
+    with torch.no_grad():
+        psi, skipped = entrgi.guide(logits, y, idx, reward, E, torch.Generator().manual_seed(1), M=2, lr=0.3)
+        e, w = entrgi.relax(psi, E, "entrgi", 0.7, 0.95, torch.Generator().manual_seed(2))
+    assert torch.equal(logits, before) and not torch.equal(psi, before) and skipped.item() == 0
+    assert e.shape == (2, 3, 4) and ((0 <= w) & (w <= 1)).all()
 
 
-COPIED = ["relax", "SoftEmbedding", "entropy", "top_p_sample", "inverse_cdf", "mass_above", "least_in_nucleus",
-          "fallback_rows", "nucleus", "uniform", "guide", "sample", "read_limit", "schedule", "confidence",
-          "logits_hook", "make_reward", "rm_score", "score_texts", "reads", "left_pad", "attention_bias",
-          "cache_keyword", "new_cache", "rm_slots", "rm_chat", "Config", "adam_step", "masked_logits",
-          "most_confident", "reveal_counts", "takes_widths", "prefix_cache", "stripped_ids", "vocab_map"]
+COPIED = ["relax", "entropy", "top_p_sample", "nucleus", "uniform", "expect", "guide", "sample", "schedule",
+          "confidence", "logits_hook", "make_reward", "rm_score", "score_texts", "reads", "attention_bias",
+          "cache_keyword", "new_cache", "rm_slots", "rm_chat", "Config", "most_confident", "reveal_counts",
+          "stripped_ids", "vocab_map", "dllm_logits", "make_denoiser", "masked_logits"]
 
 
 def test_the_method_is_a_contiguous_stretch_that_uses_nothing_below_it():
@@ -668,10 +595,10 @@ def test_a_copied_piece_uses_nothing_of_the_command_line(name):
 
 
 def test_bad_settings_raise_value_error_not_the_command_line_s():
-    with pytest.raises(ValueError, match="K must be at least 1") as err:
+    with pytest.raises(ValueError, match=r"K must be int in \[1, 65536\], got 0") as err:
         entrgi.Config(K=0).check()
     assert type(err.value) is ValueError
-    with pytest.raises(ValueError, match="unknown relaxation"):
+    with pytest.raises(ValueError, match="method must be entrgi, aps or soft"):
         entrgi.relax(torch.zeros(1, 3), torch.zeros(3, 2), "hard", 1.0, 1.0, None)
 
 
@@ -684,3 +611,14 @@ def test_importing_entrgi_changes_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.abspath(__file__)))
     assert out.stdout.strip() == "False []" and out.stderr == ""
+
+
+def test_the_memory_trace_counts_what_a_real_run_allocates(capsys):
+    """The first step's memory, traced on fake tensors, equals the same count made on real tensors (tiny
+    preset, float32); at the real size it runs without memory and reports the paper's models."""
+    fake = entrgi.memory_trace("tiny", K=2, L=16, M=2, P=8, dtype=torch.float32)
+    real = entrgi.memory_trace("tiny", K=2, L=16, M=2, P=8, dtype=torch.float32, fake=False)
+    assert fake == real and fake["step_peak_gib"] > 2 * 16 * 384 * 4 / 2**30       # at least the logits
+    entrgi.main(["--benchmark", "real", "--benchmark-memory"])
+    printed = capsys.readouterr().out
+    assert "weights 17.39 GiB + E^R 0.58 GiB + the step's peak" in printed

@@ -80,7 +80,7 @@ def test_damaged_model_files_exit_2_naming_the_file(which, file, change, message
 def test_offline_is_said_of_hub_names_only(dream_dir, rm_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main("--prompt", "Hello", dream_dir="no-such-org/no-such-dllm", rm_dir=rm_dir)
-    assert "check the name, or the machine may be offline" in one_error_line(capsys, exit_info)
+    assert "check the name; the machine may be offline" in one_error_line(capsys, exit_info)
 
 # -----------------------------------------------------------------------------
 # prompts files from other systems
@@ -292,3 +292,360 @@ def test_out_of_memory_says_what_to_lower(dream_dir, rm_dir, tmp_path, capsys, m
     with pytest.raises(SystemExit) as exit_info:
         main("--prompt", "Hello", "--samples", "10000", dream_dir=dream_dir, rm_dir=rm_dir)
     assert "out of memory" in (last := one_error_line(capsys, exit_info)) and "lower --batch-size" in last
+
+
+# -----------------------------------------------------------------------------
+# a fourth round: faults by their class
+
+
+def no_weights_loaded(monkeypatch):
+    """Fails the test if any model's weights start loading (the checks must come first)."""
+    def loading(*a, **k):
+        raise AssertionError("weights were loaded before the model folders were checked")
+    monkeypatch.setattr(entrgi, "load_dllm", loading)
+    monkeypatch.setattr(entrgi, "load_reward_model", loading)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("prompts.JSONL", '{"prompt": "Hello", "id": 1}\n{"prompt": "Why?", "id": 2}\n'),
+    ("prompts.ndjson", '{"prompt": "Hello", "id": 1}\n{"prompt": "Why?", "id": 2}\n'),
+    ("prompts.json", '{"prompt": "Hello", "id": 1}\n{"prompt": "Why?", "id": 2}\n'),
+    ("prompts.json", '[{"prompt": "Hello", "id": 1},\n {"prompt": "Why?", "id": 2}]\n'),
+    ("prompts.txt", '{"prompt": "Hello", "id": 1}\n\n{"prompt": "Why?", "id": 2}\n'),
+    ("prompts", '{"prompt": "Hello", "id": 1}\r\n{"prompt": "Why?", "id": 2}\r\n'),
+])
+def test_json_lines_by_any_name_are_json_lines(name, text, tmp_path):
+    """JSON lines whatever the file is called (.JSONL, .ndjson, .json, .txt, no suffix), or a .json array:
+    each object is a record, never a prompt of text."""
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    assert entrgi.read_prompts(str(path)) == [{"prompt": "Hello", "id": 1}, {"prompt": "Why?", "id": 2}]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.txt", '{"prompt": "Hello"}\nWhy is the sky blue?\n', "line 1 is a JSON object, line 2 is not"),
+    ("p.JSONL", '{"prompt": "Hello"}\nWhy?\n', "line 2 is not a JSON object"),
+    ("p.json", '{"prompt": "Hello"}\n[1, 2]\n', "line 2 is not a JSON object"),
+    ("p.json", '[{"prompt": "Hello"}, {"question": "Hi"}]', 'item 2 has no prompt'),
+])
+def test_a_prompts_file_half_json_is_refused_naming_the_lines(name, text, message, tmp_path, dream_dir, rm_dir,
+                                                              capsys, monkeypatch):
+    path = tmp_path / name
+    path.write_text(text)
+    no_weights_loaded(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompts-file", str(path), "--output", str(tmp_path / "o.jsonl"), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert message in one_error_line(capsys, exit_info)
+
+
+def test_a_hub_that_never_answers_ends_in_one_line(rm_dir, capsys, monkeypatch):
+    """A hub endpoint (a mirror, a proxy) that takes the connection and never replies: one line naming it,
+    within the wait allowed (2 s here), status 2, and what runs without it."""
+    import socket
+    import threading
+    import time
+    from huggingface_hub import constants
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: held.extend(server.accept() for _ in range(8)), daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(entrgi, "HUB_WAIT", 2)
+    began = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", dream_dir="some-owner/some-dllm", rm_dir=rm_dir)
+    last = one_error_line(capsys, exit_info)
+    assert time.perf_counter() - began < 20
+    assert f"the hub ({endpoint}) did not answer within 2 s" in last and "python -m toy" in last, last
+    server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay, signal_name", [(0.2, "SIGINT"), (0.8, "SIGINT"), (2.5, "SIGINT"), (5.0, "SIGINT"),
+                                                (3.0, "SIGTERM")])
+def test_a_signal_at_any_moment_ends_in_one_line(delay, signal_name, dream_dir, rm_dir, tmp_path):
+    """Ctrl-C (or a kill) while torch loads, while the models load, while prompts run: one line, status 128 + N,
+    no traceback, and --output holds whole lines (the same command resumes)."""
+    import signal
+    import time
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(["Hello", "Write a poem", "Why?"] * 8) + "\n")
+    out = tmp_path / "o.jsonl"
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir,
+           "--prompts-file", str(prompts), "--output", str(out), "--steps", "16", "--max-new-tokens", "16",
+           "--samples", "2", "--device", "cpu"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    assert p.poll() is None, "the run ended before the signal"
+    signum = getattr(signal, signal_name)
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=60)
+    expected = "entrgi.py: interrupted" if signal_name == "SIGINT" else f"entrgi.py: stopped by {signal_name}"
+    assert p.returncode == 128 + signum and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == expected
+    assert not out.exists() or all(json.loads(line) for line in out.read_text().splitlines())
+
+
+WRONG_FOLDERS = [   # (which flag, how the folder is made from the test models, what the one line says)
+    ("--dllm", lambda d, r, t: r, "is no Dream or LLaDA diffusion LM: its config.json has model_type 'qwen3'"),
+    ("--reward-model", lambda d, r, t: d, "is no sequence-classification reward model"),
+    ("--score-model", lambda d, r, t: d, "is no sequence-classification reward model"),
+    ("--dllm", lambda d, r, t: str(t), "holds no config.json"),
+    ("--dllm", lambda d, r, t: os.path.join(d, "config.json"), "is a file: pass the folder that holds"),
+    ("--dllm", lambda d, r, t: changed(d, t, lambda p: os.remove(p / "model.safetensors")),
+     "lacks its weights (no *.safetensors file)"),
+    ("--reward-model", lambda d, r, t: changed(r, t, lambda p: (p / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"score.weight": "model-00002-of-00002.safetensors"}}')),
+     "lacks its weights (model-00002-of-00002.safetensors)"),
+    ("--dllm", lambda d, r, t: changed(d, t, lambda p: os.remove(p / "vocab.json")), "cannot load the tokenizer"),
+    ("--dllm", lambda d, r, t: changed(d, t, lambda p: edit_json(p / "config.json", vocab_size=64)),
+     "rows of logits: they do not belong together"),
+    ("--dllm", lambda d, r, t: changed(d, t, lambda p: edit_json(p / "tokenizer_config.json", chat_template=None)),
+     "has no chat template"),
+    ("--dllm", lambda d, r, t: changed(d, t, lambda p: edit_json(p / "config.json", architectures=["LLaDAModelLM"])),
+     "has model_type 'Dream' but architecture LLaDAModelLM"),
+    ("--reward-model", lambda d, r, t: changed(r, t, lambda p: edit_json(p / "config.json", id2label={"0": "a", "1": "b"})),
+     "has 2 labels, not one score"),
+    ("--reward-model", lambda d, r, t: changed(r, t, lambda p: edit_json(p / "config.json", vocab_size=100)),
+     "embeddings: they do not belong together"),
+]
+
+
+def changed(src, tmp_path, change):
+    path = tmp_path / f"copy-{len(os.listdir(tmp_path))}"
+    shutil.copytree(src, path)
+    change(path)
+    return str(path)
+
+
+def edit_json(path, **fields):
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+
+
+@pytest.mark.parametrize("flag, make, message", WRONG_FOLDERS, ids=[f"{c[0]}-{c[2][:30]}" for c in WRONG_FOLDERS])
+def test_a_model_folder_of_the_wrong_kind_is_named_before_any_weights(flag, make, message, dream_dir, rm_dir,
+                                                                      tmp_path, capsys, monkeypatch):
+    os.makedirs(tmp_path / "empty", exist_ok=True)
+    folder = make(dream_dir, rm_dir, tmp_path / "empty")
+    dirs = {"--dllm": dream_dir, "--reward-model": rm_dir}
+    extra = [flag, folder] if flag == "--score-model" else []
+    dirs.update({flag: folder} if flag != "--score-model" else {})
+    no_weights_loaded(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", *extra, dream_dir=dirs["--dllm"], rm_dir=dirs["--reward-model"])
+    last = one_error_line(capsys, exit_info)
+    assert message in last and repr(folder) in last, last
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--samples", "0"], "--samples: K must be int in [1, 65536], got 0"),
+    (["--samples", "99999999999999999999"], "--samples: K must be int in [1, 65536]"),
+    (["--samples", "2.5"], "argument --samples: invalid int value: '2.5'"),
+    (["--steps", "0"], "--steps: T must be int in [1, 65536], got 0"),
+    (["--steps", "-3"], "--steps: T must be int in [1, 65536], got -3"),
+    (["--max-new-tokens", "0"], "--max-new-tokens: L must be int in [1, 65536], got 0"),
+    (["--max-new-tokens", "70000"], "--max-new-tokens: L must be int in [1, 65536], got 70000"),
+    (["--guidance-steps", "-1"], "--guidance-steps: M must be int in [0, 65536], got -1"),
+    (["--guide-every", "0"], "--guide-every: guide_every must be int in [1, 65536], got 0"),
+    (["--lr", "-0.5"], "--lr: lr must be float in [0.0, 1000.0], got -0.5"),
+    (["--lr", "nan"], "--lr: lr must be float in [0.0, 1000.0], got nan"),
+    (["--lr", "inf"], "--lr: lr must be float in [0.0, 1000.0], got inf"),
+    (["--lr", "1e9"], "--lr: lr must be float in [0.0, 1000.0], got 1000000000.0"),
+    (["--temperature", "0"], "--temperature: temperature must be float in [0.001, 1000.0], got 0.0"),
+    (["--temperature=-inf"], "--temperature: temperature must be float in [0.001, 1000.0], got -inf"),
+    (["--temperature", "nan"], "--temperature: temperature must be float in [0.001, 1000.0], got nan"),
+    (["--top-p", "-0.1"], "--top-p: top_p must be float in [0.0, 1.0], got -0.1"),
+    (["--top-p", "1.5"], "--top-p: top_p must be float in [0.0, 1.0], got 1.5"),
+    (["--top-p", "nan"], "--top-p: top_p must be float in [0.0, 1.0], got nan"),
+    (["--seed", "-1"], "--seed: seed must be int in [0, 9223372036854775807], got -1"),
+    (["--seed", str(2**63)], "--seed: seed must be int in [0, 9223372036854775807]"),
+    (["--block-length", "0"], "--block-length: block_length must divide L = 4 into blocks that share T = 2"),
+    (["--block-length", "-4"], "--block-length: block_length must divide L = 4"),
+    (["--block-length", "3"], "--block-length: block_length must divide L = 4"),
+    (["--block-length", "8"], "--block-length: block_length must divide L = 4"),
+    (["--block-length", "1"], "--block-length: block_length must divide L = 4 into blocks that share T = 2 evenly"),
+    (["--batch-size", "0"], "--batch-size must lie in [1, 65536], got 0"),
+    (["--batch-size", "70000"], "--batch-size must lie in [1, 65536], got 70000"),
+    (["--benchmark", "tiny", "--benchmark-steps", "0"], "--benchmark-steps and --benchmark-layers in [1, 1000]"),
+    (["--benchmark", "tiny", "--benchmark-layers", "-2"], "--benchmark-steps and --benchmark-layers in [1, 1000]"),
+])
+def test_numbers_out_of_their_range_are_refused_naming_the_flag(args, message, dream_dir, rm_dir, capsys,
+                                                               monkeypatch):
+    monkeypatch.setattr(entrgi, "open_dllm", lambda *a: pytest.fail("a model was opened"))
+    monkeypatch.setattr(entrgi, "benchmark", lambda *a: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main(["--prompt", "Hello", "--dllm", dream_dir, "--reward-model", rm_dir, "--steps", "2",
+                     "--max-new-tokens", "4", "--device", "cpu", *args])
+    assert message in one_error_line(capsys, exit_info)
+
+
+def test_a_seed_too_large_for_the_last_prompt_is_refused(tmp_path, dream_dir, rm_dir, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello\nWhy?\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompts-file", str(prompts), "--output", str(tmp_path / "o.jsonl"), "--seed", str(2**63 - 1),
+             dream_dir=dream_dir, rm_dir=rm_dir)
+    assert f"the seed must be at most {2**63 - 2} for 2 prompts" in one_error_line(capsys, exit_info)
+
+
+@pytest.mark.parametrize("args, K, L", [
+    (["--samples", "1"], 1, 6),                                      # one sample: Top@1 = Avg@1
+    (["--max-new-tokens", "1", "--steps", "1"], 2, 1),               # one token, one step
+    (["--steps", "20"], 2, 6),                                       # more steps than tokens: the extra reveal none
+    (["--top-p", "0"], 2, 6),                                        # the likeliest token alone
+    (["--guide-every", "65536", "--lr", "0"], 2, 6),                 # unguided two ways
+    (["--temperature", "0.001", "--block-length", "6"], 2, 6),       # nearly greedy; one block of L
+    (["--temperature", "1000", "--guidance-steps", "0"], 2, 6),      # nearly uniform
+])
+def test_numbers_at_their_edges_run(args, K, L, tmp_path, dream_dir, rm_dir, capsys):
+    out = tmp_path / "o.jsonl"
+    main("--prompt", "Hello", "--output", str(out), *args, dream_dir=dream_dir, rm_dir=rm_dir)
+    [result] = [json.loads(line) for line in out.read_text().splitlines() if '"summary"' not in line[:12]]
+    R = [r["reward"] for r in result["responses"]]
+    assert len(R) == K and result["top1_reward"] == max(R) and result["settings"]["L"] == L
+    assert "note: T = 20 steps for L = 6 tokens" in capsys.readouterr().err or "20" not in args
+
+
+TEXTS = ["Hello 👋🏽 world", "為什麼天空是藍色的？", "لماذا السماء زرقاء؟", "zero\u200bwidth\u200djoiner\ufeff",
+         "bell\x07 escape\x1b[31mred\x1b[0m nul\x00 end", "line\u2028separator", "ENTRGIRESPONSESLOT inside",
+         "<|im_end|> a token's text", "tab\there", "  leading and trailing  "]
+
+
+def test_text_at_its_edges_comes_back_exactly(tmp_path, dream_dir, rm_dir):
+    """Prompts with emoji, CJK, right-to-left text, zero-width characters, control characters (NUL and
+    escape sequences), a line separator, the text the reward model's chat is split at, a chat token's
+    text: each result carries its prompt exactly as given; and a standard output that cannot show them
+    (an ASCII pipe) shows them escaped, status 0."""
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    main("--prompts-file", str(src), "--output", str(out), "--batch-size", "4", dream_dir=dream_dir, rm_dir=rm_dir)
+    records = [json.loads(line) for line in out.read_text().splitlines() if '"summary"' not in line[:12]]
+    assert sorted(r["prompt"] for r in records) == sorted(TEXTS)
+    cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
+           "--prompt", TEXTS[0] + TEXTS[1]]
+    p = subprocess.run(cmd, capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr[-2000:]
+    assert b"trajectory 1: reward" in p.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    ("word " * 300, "prompt 1 (from 0) needs"),
+    ("\u3000\u00a0\n", "line 2: the prompt is empty"),
+])
+def test_a_prompt_that_cannot_run_is_named(text, message, tmp_path, dream_dir, rm_dir, capsys, monkeypatch):
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"prompt": "Hello"}) + "\n" + json.dumps({"prompt": text}) + "\n")
+    no_weights_loaded(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompts-file", str(src), "--output", str(tmp_path / "o.jsonl"), dream_dir=dream_dir, rm_dir=rm_dir)
+    assert message in one_error_line(capsys, exit_info)
+
+
+def output_cases(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Hello\n")
+    return [
+        (["--output", ""], "--output names no file"),
+        (["--trace", " "], "--trace names no file"),
+        (["--output", str(tmp_path / "missing" / "o.jsonl")], "its folder does not exist"),
+        (["--output", str(tmp_path / "new") + "/"], "it is a folder"),
+        (["--trace", str(tmp_path)], "it is a folder"),
+        (["--output", str(tmp_path / "same"), "--trace", str(tmp_path / "same")], "--output and --trace name the same"),
+        (["--output", str(fifo)], "a pipe that nothing reads"),
+        (["--prompts-file", str(prompts), "--output", str(prompts)],
+         "--output and --prompts-file name the same file"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_odd_output_paths_are_refused_before_any_model(case, tmp_path, dream_dir, rm_dir, capsys, monkeypatch):
+    args, message = output_cases(tmp_path)[case]
+    prompt = [] if "--prompts-file" in args else ["--prompt", "Hello"]
+    monkeypatch.setattr(entrgi, "open_dllm", lambda *a: pytest.fail("a model was opened"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(*prompt, *args, dream_dir=dream_dir, rm_dir=rm_dir)
+    assert message in one_error_line(capsys, exit_info)
+
+
+def test_an_output_refused_only_at_the_end_loses_no_result(tmp_path, dream_dir, rm_dir, capsys, monkeypatch):
+    """--output on a device that takes no byte (/dev/full), and a --trace folder removed during the run:
+    status 74 in one line; the results the output did not take are on standard output."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", "/dev/full", dream_dir=dream_dir, rm_dir=rm_dir)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 74 and "Traceback" not in err
+    assert "cannot write --output '/dev/full'" in err.strip().splitlines()[-1] and "on standard output" in err
+    assert json.loads(out.strip().splitlines()[-1])["prompt"] == "Hello"
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    generate = entrgi.generate
+    monkeypatch.setattr(entrgi, "generate", lambda *a, **k: shutil.rmtree(folder) or generate(*a, **k))
+    results = tmp_path / "o.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main("--prompt", "Hello", "--output", str(results), "--trace", str(folder / "t.html"), dream_dir=dream_dir,
+             rm_dir=rm_dir)
+    assert "cannot write --trace" in one_error_line(capsys, exit_info, status=74)
+    assert json.loads(results.read_text().splitlines()[0])["prompt"] == "Hello"
+
+
+def api_cases():
+    V, L = 6, 4
+    E = torch.randn(V, 3)
+    den = lambda y: torch.zeros(y.shape[0], y.shape[1], V)
+    reward = lambda e, tokens: e.sum((1, 2))
+    cfg = entrgi.Config(K=2, T=4, L=L)
+    logits = torch.zeros(2, 3, V)
+    y, idx = torch.full((2, L), V - 1), torch.tensor([[0, 1, 2]] * 2)
+    return [   # (a call, the error, what its message says)
+        (lambda: entrgi.Config(K=0).check(), ValueError, "K must be int in [1, 65536], got 0"),
+        (lambda: entrgi.Config(K="4").check(), ValueError, "K must be int"),
+        (lambda: entrgi.Config(K=True).check(), ValueError, "K must be int"),
+        (lambda: entrgi.Config(lr=float("nan")).check(), ValueError, "lr must be float"),
+        (lambda: entrgi.Config(method="hard").check(), ValueError, "method must be one of"),
+        (lambda: entrgi.Config(block_length=3, L=8).check(), ValueError, "block_length must divide L = 8"),
+        (lambda: entrgi.Config(eos_last="no").check(), ValueError, "eos_last must be one of"),
+        (lambda: entrgi.sample(den, reward, E, [], V - 1, [0], cfg), ValueError, "seeds must be a list of ints"),
+        (lambda: entrgi.sample(den, reward, E, [-1], V - 1, [0], cfg), ValueError, "seeds must be a list of ints"),
+        (lambda: entrgi.sample(den, reward, E, [0.5], V - 1, [0], cfg), ValueError, "seeds must be a list of ints"),
+        (lambda: entrgi.sample(den, reward, E, [0], V - 1, [0], entrgi.Config(K=0)), ValueError, "K must be int"),
+        (lambda: entrgi.sample(den, reward, E, [0], V - 1, [0], cfg, y0=torch.zeros(3, L, dtype=torch.long)),
+         ValueError, "y0 must be long (2, 4)"),
+        (lambda: entrgi.sample(den, reward, E, [0], V - 1, [0], cfg, y0=torch.zeros(2, L)), ValueError,
+         "y0 must be long"),
+        (lambda: entrgi.sample(lambda y: torch.zeros(2, V), reward, E, [0], V - 1, [0], cfg), ValueError,
+         "denoiser gave (2, 6), not (N, L, V)"),
+        (lambda: entrgi.sample(den, lambda e, t: e.sum(), E, [0], V - 1, [0], cfg), ValueError,
+         "reward gave shape (), not (N,)"),
+        (lambda: entrgi.relax(logits, E, "hard", 1.0, 1.0, None), ValueError, "method must be entrgi, aps or soft"),
+        (lambda: entrgi.relax(logits.long(), E, "soft", 1.0, 1.0, None), TypeError, "float tensors of one V"),
+        (lambda: entrgi.relax(logits, E[:5], "soft", 1.0, 1.0, None), TypeError, "embedding (V, d)"),
+        (lambda: entrgi.relax(logits, E, "soft", 0.0, 1.0, None), ValueError, "temperature must be > 0"),
+        (lambda: entrgi.guide(logits, y, idx[:, :2], reward, E, None), ValueError, "do not agree in N and m"),
+        (lambda: entrgi.guide(logits, y[:1], idx, reward, E, None), ValueError, "do not agree in N and m"),
+        (lambda: entrgi.guide(logits, y, idx, reward, E, None, M=-1), ValueError, "M must be an int >= 0"),
+        (lambda: entrgi.guide(logits, y, idx, reward, E, None, lr=float("nan")), ValueError, "lr finite"),
+        (lambda: entrgi.logits_hook(reward, E, cfg, V - 1, -1, None), ValueError, "prompt_length must be an int"),
+        (lambda: entrgi.logits_hook(reward, E, entrgi.Config(M=-2), V - 1, 2, None), ValueError, "M must be int"),
+        (lambda: entrgi.logits_hook(reward, E, cfg, V - 1, 2, None)(0, y, torch.zeros(2, L + 1, V)), ValueError,
+         "tokens (N, P + L) and logits (N, P + L, V)"),
+        (lambda: entrgi.logits_hook(reward, E, cfg, V - 1, 4, None)(0, y, torch.zeros(2, L, V)), ValueError,
+         "P = 4"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(27))
+def test_the_python_api_names_the_argument_that_does_not_fit(case):
+    call, error, message = api_cases()[case]
+    with pytest.raises(error) as raised:
+        call()
+    assert type(raised.value) is error and message in str(raised.value), str(raised.value)

@@ -103,6 +103,13 @@ def cli(*args, env=None):
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+def succeeds(process):
+    """The run ended with status 0 (else its standard error is shown)."""
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return True
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
     prompts = tmp_path / "many.txt"
@@ -118,13 +125,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
     p.wait()
     killed = open(part).read()
     assert 2 <= killed.count("\n") < 18 and killed.endswith("\n")            # stopped partway, whole lines only
-    assert cli(*args, "--output", part).wait() == 0                          # resume
-    assert cli(*args, "--output", full).wait() == 0                          # uninterrupted
+    assert succeeds(cli(*args, "--output", part))                          # resume
+    assert succeeds(cli(*args, "--output", full))                          # uninterrupted
     lines_part, summaries = prompt_lines(part)
     lines_full, _ = prompt_lines(full)
     assert lines_part == lines_full and len(lines_part) == 18
     assert summaries[-1]["new_results"] == 18 - killed.count("\n")
-    assert cli(*args, "--output", part).wait() == 0                          # a third run adds nothing
+    assert succeeds(cli(*args, "--output", part))                          # a third run adds nothing
     assert prompt_lines(part)[0] == lines_full and prompt_lines(part)[1][-1]["new_results"] == 0
 
 
@@ -175,7 +182,7 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
         (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(tmp_path)], "is a folder"),
         (["--prompts-file", str(ok)], "needs --output"),
-        (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"], "batch size"),
+        (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"], "--batch-size must lie in [1, 65536]"),
         (["--prompts-file", str(ok), "--prompt", "Hi", "--output", str(tmp_path / "o5.jsonl")], "one of --prompt"),
     ]
     before = {p: p.read_bytes() for p in (foreign, other)}
@@ -269,3 +276,20 @@ def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file,
     assert len(errors) == 2 and errors[0] == errors[1], run.stderr[-2000:]    # processes' lines may interleave)
     assert re.search(r"exitcode\s*: 74", run.stderr)                      # torchrun's report of the processes
     assert all(json.loads(line) for line in out.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_torchrun_on_an_output_another_run_holds_is_refused(prompts_file, tmp_path, dream_dir, rm_dir):
+    """A second job on an --output that a first one writes: under torchrun too its first process takes the
+    lock, and every process ends with the same line and status 2; the file is left as it was."""
+    import fcntl
+    out = tmp_path / "o.jsonl"
+    args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--output", str(out)]
+    with open(out, "ab") as other:                                           # the first run holds it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    lines = re.findall(r"entrgi\.py: error: --output .*? is being written by another run", run.stderr)
+    assert run.returncode != 0 and len(lines) == 2, run.stderr[-3000:]
+    assert re.search(r"exitcode\s*: 2", run.stderr) and out.read_text() == ""

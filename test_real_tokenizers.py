@@ -1,5 +1,5 @@
 """The real tokenizers of Dream-v0-Instruct-7B and Skywork-Reward-V2-Qwen3-1.7B (from the project's shared
-folder, ../shared/tokenizers; skipped where it is absent, e.g. in a user's clone): the vocabulary map,
+folder, ../shared/tokenizers, or else from the hub: conftest.real_tokenizers): the vocabulary map,
 the chat formats, the end tokens, the reward model's response slot, and a run end to end with tiny
 random models of the real vocabulary sizes."""
 
