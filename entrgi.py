@@ -2,7 +2,6 @@
 EntRGi: entropy-aware reward guidance for masked diffusion language models. The method, sections
 1-4, needs torch alone; below its banner is what runs it (loading, the command line, the benchmark).
 
-
 References:
 1) A. Tejaswi, L. Rout, C. Caramanis, S. Shakkottai, S. Sanghavi, "EntRGi: Entropy Aware Reward
    Guidance for Diffusion Language Models", arXiv:2602.05000, 2026: the relaxation, Algorithm 1
@@ -105,8 +104,7 @@ def relax(logits, embedding, method, temperature, top_p, generator,
       e      = e_soft + sg(w (e_hard - e_soft))    EntRGi; sg: stop-gradient
 
     soft: w = 0; aps (straight-through): w = 1. x: a hard token to hold, not drawn.
-    entropy_from="model": w from softmax(psi), as the authors' scripts compute it.
-    """
+    entropy_from="model": w from softmax(psi), as the authors' scripts compute it."""
     expect(method in ("soft", "aps", "entrgi"), f"method must be entrgi, aps or soft: {method!r}")
     expect(torch.is_tensor(logits) and logits.is_floating_point() and torch.is_tensor(embedding)
            and embedding.shape[0] == logits.shape[-1],
@@ -251,22 +249,20 @@ def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
 
 
 def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr=0.5,
-          temperature=0.7, top_p=0.95, entropy_from="sampling"):
-    """Algorithm 1, lines 2-3: psi (N, m, V) after M Adam steps on -sum_n R_n, and the number of
-    updates whose R or gradient was not finite (a tensor, not read back; their rows' gradient is
-    zero). logits (N, m, V): the denoiser's at the masked positions idx (N, m) of y (N, L), as
-    many in every row. reward(e (N, L, d), tokens (N, L)) -> R (N,). embedding (V, d): E^R.
-    generator: one, or one per prompt (see `uniform`). The logits are left as they were.
-    """
+          temperature=0.7, top_p=0.95, entropy_from="sampling", betas=(0.9, 0.999), eps=1e-8):
+    """Algorithm 1, lines 2-3: psi (N, m, V) after M steps of torch.optim.Adam on -sum_n R_n, and
+    the number of updates whose R or gradient was not finite (a tensor, not read back; their rows'
+    gradient is zero). logits (N, m, V): the denoiser's at the masked positions idx (N, m) of y
+    (N, L), as many in every row (left as they were). reward(e (N, L, d), tokens (N, L)) -> R (N,);
+    embedding (V, d): E^R; generator: one, or one per prompt (see `uniform`)."""
     expect(logits.dim() == 3 and idx.shape == logits.shape[:2] and y.shape[0] == len(idx),
            "logits (N, m, V), idx (N, m) and y (N, L) do not agree in N and m")
-    expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr finite >= 0")
-    b1, b2, eps = 0.9, 0.999, 1e-8                               # torch.optim.Adam's defaults
+    expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr >= 0")
+    b1, b2 = betas
 
     # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
     psi = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
-    moment1 = torch.zeros_like(psi)
-    moment2 = torch.zeros_like(psi)
+    moment1 = moment2 = 0.0                                      # Adam's moments
     skipped = torch.zeros((), dtype=torch.long, device=psi.device)
     e_known = embedding[y.scatter(1, idx, 0)]                   # (N, L, d): E^R[y] if revealed
     at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
@@ -326,10 +322,6 @@ def make_denoiser(model, prompts, K, L):
     return denoiser
 
 
-GUIDE_STREAM = 7919  # guidance's generators are seeded seed + this (a prime)
-EOS_LAST = 1e4       # lowers a drawn end token's confidence below every other
-
-
 def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, on_step=None):
     """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates.
     denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it.
@@ -342,7 +334,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
     y = torch.full((N, cfg.L), mask_id, device=device) if y0 is None else y0.clone()
     counts = reveal_counts(y0, mask_id, cfg, N)              # the schedule, on the host, once
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
-    gen_guide = [torch.Generator(device).manual_seed(s + GUIDE_STREAM) for s in seeds]
+    gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]   # guidance's own
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     skipped = torch.zeros((), dtype=torch.long, device=device)
 
@@ -392,8 +384,7 @@ def masked_logits(denoiser, y, idx, mask_id):
 def confidence(rule, q, top_p, generator):
     """Line 5's order (N, m), the highest revealed first, from q (N, m, V), the unguided step:
       entropy      -H(q)                               the paper; Dream's entropy
-      probability  the drawn token's q after top-p     Dream's maskgit_plus, LLaDA's
-                   ((N, m, V), read at the draw)       low_confidence
+      probability  q after top-p (read at the draw)    Dream's maskgit_plus; LLaDA's low_confidence
       margin       top-1 minus top-2 of q after top-p  Dream's topk_margin
       random       uniform                             LLaDA's random
     """
@@ -408,20 +399,19 @@ def confidence(rule, q, top_p, generator):
 
 
 def most_confident(order, x0, idx, count, k, eos_ids, cfg):
-    """Line 5: the `count` of the masked positions idx (N, m) to reveal at step k, indices into idx:
-    the highest `order`, a drawn end token after the others (eos_last), in the current block."""
+    """Line 5: indices into idx (N, m) of the `count` positions step k reveals: the most confident,
+    a drawn end token after the others (eos_last), in the current block."""
     if cfg.remasking == "probability":
         order = order.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     if cfg.eos_last:
-        order = torch.where(torch.isin(x0, eos_ids), order - EOS_LAST, order)
+        order = torch.where(torch.isin(x0, eos_ids), order - 1e4, order)   # below every other
     block = cfg.block_length or cfg.L
     current = k * (cfg.L // block) // cfg.T                    # the blocks share T evenly
     return order.masked_fill(idx // block != current, -math.inf).topk(count, -1).indices
 
 
 def reveal_counts(y0, mask_id, cfg, N):
-    """The tokens revealed at each of the T steps: `schedule` in each block, blocks left to
-    right. A y0 given is read on the host, once."""
+    """The tokens revealed at each of the T steps: `schedule` per block, blocks left to right."""
     blocks = cfg.L // (cfg.block_length or cfg.L)
     masked = [[cfg.L // blocks] * blocks]
     if y0 is not None:
@@ -432,9 +422,9 @@ def reveal_counts(y0, mask_id, cfg, N):
 
 
 def schedule(T, n, kind="dream"):
-    """The tokens revealed at each of T steps, n in all. dream: floor(masked (1 - t_{k+1} / t_k)),
-    t = linspace(1, 1e-3, T + 1), the rest at the last step (the paper's, Dream's); linear:
-    n // T a step, one more in the first n % T (LLaDA's)."""
+    """Tokens revealed at each of T steps, n in all. dream (the paper's): floor(masked (1 -
+    t_{k+1} / t_k)), t = linspace(1, 1e-3, T + 1), the rest last; linear (LLaDA's): n // T, one
+    more in the first n % T."""
     if kind == "linear":
         return [n // T + (k < n % T) for k in range(T)]
     t = torch.linspace(1, 1e-3, T + 1, device="cpu")             # float32, as Dream's
@@ -535,7 +525,8 @@ def rm_slots(rm_tokenizer, prompts):
     """The reward model's token ids before and after the reply in each prompt's chat:
     (prefixes, suffixes), a list each."""
     slots = [SLOT * (len(prompt) // len(SLOT) + 1) for prompt in prompts]   # longer than the prompt
-    parts = [rm_chat(rm_tokenizer, prompt, slot).split(slot) for prompt, slot in zip(prompts, slots)]
+    chats = [rm_chat(rm_tokenizer, prompt, slot) for prompt, slot in zip(prompts, slots)]
+    parts = [chat.split(slot) for chat, slot in zip(chats, slots)]
     expect(all(len(p) == 2 and p[1] for p in parts),
            "the reward model's chat template does not place the reply verbatim, once, with text "
            "after it (where the score is read): use a reward model whose template does")
@@ -566,7 +557,7 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
     width = max(map(len, rows))
     E = rm.get_input_embeddings().weight
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=E.device)
-    valid = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows], device=E.device)
+    valid = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=E.device) > 0
     return rm_score(rm, E[ids], valid)              # left-padded: the last position is real
 
 
@@ -596,14 +587,18 @@ def resolve(name_or_path):
     for file in sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors"))):
         try:
             with open(os.path.join(path, file), "rb") as f:
-                parsed[file] = json.loads(f.read()) if file.endswith(".json") else safetensors_header(f)
+                is_json = file.endswith(".json")
+                parsed[file] = json.loads(f.read()) if is_json else safetensors_header(f)
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); get it again") from None
+            raise InputError(f"model {name_or_path!r}: {file} is damaged ({err}); "
+                             "get it again") from None
         except OSError as err:
-            raise InputError(f"model {name_or_path!r}: cannot read {file}: {err.strerror or err}") from None
+            raise InputError(f"model {name_or_path!r}: cannot read {file}: "
+                             f"{err.strerror or err}") from None
 
     if not isinstance(parsed.get("config.json"), dict):
-        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON object in it")
+        raise InputError(f"model {name_or_path!r}: {path!r} holds no config.json with a JSON "
+                         "object in it")
 
     index = parsed.get("model.safetensors.index.json") or {}
     shards = sorted(set((index.get("weight_map") or {}).values()) - set(parsed))
@@ -622,11 +617,13 @@ def download(name):
     try:
         if not constants.HF_HUB_OFFLINE:
             HfApi().model_info(name, timeout=HUB_WAIT)       # a silent hub: given up here
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
+        return snapshot_download(name, allow_patterns=patterns)
     except Exception as err:                             # the hub's, the network's, the cache's
         timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
         why = f"{where} did not answer within {HUB_WAIT} s" if timed_out else (
-            f"{type(err).__name__}: check the name; the machine may be offline or {where} unreachable")
+            f"{type(err).__name__}: check the name; the machine may be offline or {where} "
+            "unreachable")
         raise InputError(f"cannot download model {name!r} ({why}): pass a local folder holding its "
                          "config.json. Without the hub, `python -m toy` and the test models run "
                          "here (README: Start here)") from None
@@ -647,7 +644,8 @@ def safetensors_header(f):
     except ValueError as err:
         raise ValueError(f"its header is not JSON: {err}") from None
 
-    end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    tensors = [t for k, t in header.items() if k != "__metadata__"]
+    end = 8 + n + max((t["data_offsets"][1] for t in tensors), default=0)
 
     if size < end:
         raise ValueError(f"cut short: {size} of its {end} bytes; an interrupted download?")
@@ -718,8 +716,10 @@ def dllm_config(name, kind, raw):
     try:
         if kind == "Dream":
             drop = ("model_type", "architectures", "auto_map")
-            return tf.Qwen2Config(**{k: v for k, v in raw.items() if k not in drop}, shift_logits=True)
-        return tf.LlamaConfig(**{ours: raw[theirs] for theirs, ours in LLADA_CONFIG.items()}, shift_logits=False,
+            dream = {k: v for k, v in raw.items() if k not in drop}
+            return tf.Qwen2Config(**dream, shift_logits=True)
+        llada = {ours: raw[theirs] for theirs, ours in LLADA_CONFIG.items()}
+        return tf.LlamaConfig(**llada, shift_logits=False,
                               num_key_value_heads=raw.get("n_kv_heads") or raw["n_heads"],
                               tie_word_embeddings=raw.get("weight_tying", False),
                               mask_token_id=raw.get("mask_token_id"))
@@ -770,7 +770,7 @@ def open_dllm(name_or_path):
     path, raw = resolve(name_or_path)
     kind = dllm_kind(name_or_path, raw)
     config = dllm_config(name_or_path, kind, raw)
-    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)    # 4.x: Qwen2Tokenizer is slow
+    qwen2_fast = getattr(tf, "Qwen2TokenizerFast", tf.Qwen2Tokenizer)    # (4.x: the fast one)
     tokenizer_class = qwen2_fast if kind == "Dream" else tf.PreTrainedTokenizerFast
     tokenizer = loaded(name_or_path, "tokenizer", lambda: tokenizer_class.from_pretrained(path))
     mask_id = raw.get("mask_token_id")
@@ -780,7 +780,8 @@ def open_dllm(name_or_path):
                          f"{mask_id}): a masked diffusion LM needs one")
     if len(tokenizer) > config.vocab_size:
         raise InputError(f"model {name_or_path!r}: its tokenizer has {len(tokenizer)} tokens, its "
-                         f"config.json {config.vocab_size} rows of logits: they do not belong together")
+                         f"config.json {config.vocab_size} rows of logits: they do not belong "
+                         "together")
     if not tokenizer.chat_template:
         raise InputError(f"the tokenizer of {name_or_path!r} has no chat template: an instruct "
                          "model's folder has one")
@@ -797,8 +798,9 @@ def load_dllm(name_or_path, device="cpu", dtype="auto", opened=None):
     path, kind, config, tokenizer = opened or open_dllm(name_or_path)
     mapping = LLADA_WEIGHTS if kind == "llada" else None
     model_class = tf.Qwen2ForCausalLM if kind == "Dream" else tf.LlamaForCausalLM
+    weights_dtype = dtype_kwarg(pick_dtype(device, dtype))
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
-        path, config=config, key_mapping=mapping, output_loading_info=True, **dtype_kwarg(pick_dtype(device, dtype))))
+        path, config=config, key_mapping=mapping, output_loading_info=True, **weights_dtype))
     missing = sorted(info["missing_keys"])
     unexpected = sorted(info["unexpected_keys"])
 
@@ -842,8 +844,10 @@ def load_reward_model(name_or_path, device="cpu", dtype="auto", opened=None):
     template: (model, tokenizer), frozen. opened: what open_reward_model gave, if called already."""
     from transformers import AutoModelForSequenceClassification
     path, _, tokenizer = opened or open_reward_model(name_or_path)
-    model = loaded(name_or_path, "weights", lambda: AutoModelForSequenceClassification.from_pretrained(
-        path, **dtype_kwarg(pick_dtype(device, dtype))))
+    weights_dtype = dtype_kwarg(pick_dtype(device, dtype))
+    classifier = AutoModelForSequenceClassification
+    model = loaded(name_or_path, "weights",
+                   lambda: classifier.from_pretrained(path, **weights_dtype))
 
     if not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no "
@@ -879,7 +883,8 @@ def check_fits(opened, rm_opened, prompts, L):
         n = len(dllm_prompt_ids(tokenizer, prompt)) + L
         if n > config.max_position_embeddings:
             raise InputError(f"{name} needs {n} positions with L = {L}, more than the dLLM's "
-                             f"{config.max_position_embeddings}: shorten it or lower --max-new-tokens")
+                             f"{config.max_position_embeddings}: shorten it or lower "
+                             "--max-new-tokens")
         n = len(prefixes[i]) + L + len(suffixes[i])
         if n > rm_room:
             raise InputError(f"{name} needs {n} positions with L = {L}, more than the reward "
@@ -890,7 +895,8 @@ def end_ids(tokenizer):
     """Token ids that end a response: eos, pad, and a chat turn's end (<|im_end|>,
     <|eot_id|>) where present."""
     vocab = tokenizer.get_vocab()
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, vocab.get("<|im_end|>"), vocab.get("<|eot_id|>")}
+    turn_ends = (vocab.get("<|im_end|>"), vocab.get("<|eot_id|>"))
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id, *turn_ends}
     return sorted(ids - {None})
 
 
@@ -943,7 +949,8 @@ def input_flags(add):
 def method_flags(add):
     def number(flag, field, kind, default, what):
         low, high = RANGES[field]
-        add(flag, type=kind, default=default, help=f"{what}, in [{low:g}, {high:g}] (default: %(default)s)")
+        add(flag, type=kind, default=default,
+            help=f"{what}, in [{low:g}, {high:g}] (default: %(default)s)")
 
     add("--method", default="entrgi", choices=[*METHODS, "all"], help="entrgi; aps (straight-"
         "through); soft (expectation); bon (best of K, unguided); all four (default: %(default)s)")
@@ -953,7 +960,7 @@ def method_flags(add):
     add("--block-length", type=int, help="tokens per block, blocks revealed left to right: it "
         "divides L, and the number of blocks divides T (default: L, one block)")
     number("--guidance-steps", "M", int, 3, "M, Adam steps on psi per denoising step")
-    number("--guide-every", "guide_every", int, 1, "k: guide the denoising steps 0, k, 2k, ... only")
+    number("--guide-every", "guide_every", int, 1, "k: guide the steps 0, k, 2k, ... only")
     number("--lr", "lr", float, 0.5, "eta, Adam's learning rate on psi")
     number("--temperature", "temperature", float, 0.7, "tau, the sampling temperature")
     number("--top-p", "top_p", float, 0.95, "nucleus mass for sampling (0: the likeliest token)")
@@ -966,8 +973,8 @@ def method_flags(add):
         help="tokens revealed per step (default: %(default)s)")
     add("--no-eos-last", dest="eos_last", action="store_false", help="reveal a sampled end token "
         "like any other (without this flag it is revealed after every other token)")
-    add("--seed", type=int, default=0, help="in [0, 2**63); the prompt at position i of a file gets "
-        "seed + i (default: %(default)s)")
+    add("--seed", type=int, default=0,
+        help="in [0, 2**63); prompt i of a file gets seed + i (default: %(default)s)")
 
 
 def run_flags(add):
@@ -987,8 +994,9 @@ def run_flags(add):
         help="N layers in both models, in [1, 1000], the vocabularies and widths kept")
     add("--benchmark-first-step", action="store_true",
         help="time the first step (m = L masked), not the average one")
-    add("--benchmark-memory", action="store_true", help="the first step's memory at the preset's full "
-        "size, traced on fake tensors: no weights, no GPU, seconds")
+    add("--benchmark-memory", action="store_true",
+        help="the first step's memory at the preset's full size, traced on fake tensors: no "
+             "weights, no GPU, seconds")
 
 
 FLAGS = {"method": "--method", "K": "--samples", "T": "--steps", "L": "--max-new-tokens",
@@ -1000,10 +1008,11 @@ FLAGS = {"method": "--method", "K": "--samples", "T": "--steps", "L": "--max-new
 def configs(args):
     """One checked Config per method asked for; a setting out of its range is refused, naming its
     flag and the range."""
-    shared = dict(K=args.samples, T=args.steps, L=args.max_new_tokens, M=args.guidance_steps, lr=args.lr,
-                  temperature=args.temperature, top_p=args.top_p, seed=args.seed, block_length=args.block_length,
-                  entropy_from=args.entropy_from, remasking=args.remasking, schedule=args.schedule,
-                  eos_last=args.eos_last, guide_every=args.guide_every)
+    shared = dict(K=args.samples, T=args.steps, L=args.max_new_tokens, M=args.guidance_steps,
+                  lr=args.lr, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                  block_length=args.block_length, entropy_from=args.entropy_from,
+                  remasking=args.remasking, schedule=args.schedule, eos_last=args.eos_last,
+                  guide_every=args.guide_every)
     methods = METHODS if args.method == "all" else [args.method]
     try:
         return [Config(method, **shared).check() for method in methods]
@@ -1036,7 +1045,8 @@ def generate(models, prompts, seeds, cfg, on_step=None, judge=None):
     prompt_ids = [dllm_prompt_ids(tok, p) for p in prompts]
     denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L)
     reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
-    y, skipped = sample(denoiser, reward, embedding, seeds, tok.mask_token_id, eos, cfg, on_step=on_step)
+    mask_id = tok.mask_token_id
+    y, skipped = sample(denoiser, reward, embedding, seeds, mask_id, eos, cfg, on_step=on_step)
 
     if skipped.item():
         warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its "
@@ -1051,8 +1061,9 @@ def generate(models, prompts, seeds, cfg, on_step=None, judge=None):
         R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()
         best = R.index(max(R))
         scored = [{"text": t, "reward": r} for t, r in zip(responses, R)]
-        results.append({"method": cfg.method, "seed": seed, "responses": scored, "best_response": responses[best],
-                        "top1_reward": R[best], "avg_reward": sum(R) / len(R)})
+        results.append({"method": cfg.method, "seed": seed, "responses": scored,
+                        "best_response": responses[best], "top1_reward": R[best],
+                        "avg_reward": sum(R) / len(R)})
         if judge:                                        # one more text scoring per response
             S = score_texts(*judge, [prompt] * cfg.K, responses).tolist()
             for response, s in zip(results[-1]["responses"], S):
@@ -1071,8 +1082,8 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
     order = sorted(range(len(runs)), key=lambda i: runs[i]["method"] != "entrgi")
     columns = [method_column(runs[i], traces[i], tokenizer) for i in order]
     steps = [k for k, _, _ in traces[0]]
-    fill = {"PROMPT": html.escape(prompt), "SETTINGS": settings_list(settings), "RUNS": "".join(columns),
-            "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
+    fill = {"PROMPT": html.escape(prompt), "SETTINGS": settings_list(settings),
+            "RUNS": "".join(columns), "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
     # one pass: no text read twice
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)
 
@@ -1096,7 +1107,8 @@ def method_column(run, trace, tokenizer):
     best = rewards.index(max(rewards))
     top1 = f'Top@1 <strong>{run["top1_reward"]:.4f}</strong>'
     avg = f'Avg@{len(rewards)} <strong>{run["avg_reward"]:.4f}</strong>'
-    head = f'<section><h2>{html.escape(run["method"])}</h2><p class="score">{top1} &middot; {avg}</p>'
+    head = (f'<section><h2>{html.escape(run["method"])}</h2>'
+            f'<p class="score">{top1} &middot; {avg}</p>')
     eos = torch.tensor(end_ids(tokenizer))
     rows = []
 
@@ -1104,10 +1116,13 @@ def method_column(run, trace, tokenizer):
         ids = row[: int(reads(row[None], eos).sum())].tolist()          # up to the first end token
         # dots: past the end
         pieces = token_texts(tokenizer, ids) + ["\u00b7"] * (len(at) - len(ids))
-        spans = "".join(f'<span data-k="{at[l]}" class="{"c" if marked[l] else ""}{" e" if l >= len(ids) else ""}">'
-                        f"{html.escape(piece)}</span>" for l, piece in enumerate(pieces))
+        classes = [("c" if marked[l] else "") + (" e" if l >= len(ids) else "")
+                   for l in range(len(at))]
+        spans = "".join(f'<span data-k="{at[l]}" class="{classes[l]}">{html.escape(piece)}</span>'
+                        for l, piece in enumerate(pieces))
         label = f"trajectory {j}: reward {rewards[j]:.4f}" + (" &#9733; best" if j == best else "")
-        rows.append(f'<div class="{"t best" if j == best else "t"}"><strong>{label}</strong>\n{spans}</div>')
+        kind = "t best" if j == best else "t"
+        rows.append(f'<div class="{kind}"><strong>{label}</strong>\n{spans}</div>')
 
     return head + "".join(rows) + "</section>"
 
@@ -1125,34 +1140,40 @@ def token_texts(tokenizer, ids):
 
 def settings_list(settings):
     """The run's settings as an HTML list of name-value pairs."""
-    items = (f"<div><dt>{html.escape(str(name))}</dt><dd>{html.escape(json.dumps(value))}</dd></div>"
-             for name, value in settings.items())
+    items = (f"<div><dt>{html.escape(str(name))}</dt><dd>{html.escape(json.dumps(value))}</dd>"
+             "</div>" for name, value in settings.items())
     return f'<dl class="settings">{"".join(items)}</dl>'
 
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>EntRGi denoising trace</title><style>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>EntRGi denoising trace</title><style>
 body { font: 14px/1.45 sans-serif; margin: 1em 1.5em; color: #222 }
-h1 { font-size: 1.4em; margin: .2em 0 } h2 { font-size: 1.15em; margin: .3em 0 0 } .score { margin: 0 0 .4em }
-.settings { display: flex; flex-wrap: wrap; gap: .2em 1.2em; margin: .4em 0; font-size: 12px; color: #555 }
+h1 { font-size: 1.4em; margin: .2em 0 } h2 { font-size: 1.15em; margin: .3em 0 0 }
+.score { margin: 0 0 .4em }
+.settings { display: flex; flex-wrap: wrap; gap: .2em 1.2em; margin: .4em 0; font-size: 12px;
+            color: #555 }
 .settings div { display: flex; gap: .3em; min-width: 0 } .settings dt { font-weight: bold }
 .settings dd { margin: 0; overflow-wrap: anywhere }
-#bar { position: sticky; top: 0; z-index: 1; background: #fff; padding: .4em 0; border-bottom: 1px solid #ccc }
+#bar { position: sticky; top: 0; z-index: 1; background: #fff; padding: .4em 0;
+       border-bottom: 1px solid #ccc }
 #bar button { font: inherit; min-width: 2.4em } #k { width: min(40em, 60%); vertical-align: middle }
-#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 18em), 1fr)); gap: 1em }
+#runs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 18em), 1fr));
+        gap: 1em }
 #runs section { min-width: 0 }
 .t { border: 1px solid #ddd; padding: .4em .6em; margin: .5em 0; white-space: pre-wrap;
      overflow-wrap: anywhere; font: 12px/1.6 monospace }
 .t.best { border: 2px solid #2a7d2a } .new { background: #ffd95a } .e { color: #bbb }
-.m { color: transparent !important; background: #e4e4e4 } .c:not(.m) { text-decoration: underline wavy red }
+.m { color: transparent !important; background: #e4e4e4 }
+.c:not(.m) { text-decoration: underline wavy red }
 </style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT</p>SETTINGS
 <div id="bar"><button id="back" title="previous step (left arrow)">&#9664;</button>
 <button id="play" title="play or pause (space)">play</button>
 <button id="next" title="next step (right arrow)">&#9654;</button>
 <input id="k" type="range" min="0" max="LAST" aria-label="step"> <span id="at"></span><br><small>
-<span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>, <span class="c">not the unguided
-step's most likely token</span>, <span class="e">&middot;</span> after the end; keys: &larr; &rarr;, Home, End,
-space</small></div>
+<span class="m">&emsp;&emsp;</span> masked, <span class="new">revealed now</span>,
+<span class="c">not the unguided step's most likely token</span>,
+<span class="e">&middot;</span> after the end; keys: &larr; &rarr;, Home, End, space</small></div>
 <div id="runs">RUNS</div><script>
 const steps = STEPS;
 const k = document.getElementById("k");
@@ -1217,8 +1238,8 @@ def read_prompts(path, field="prompt"):
         numbered = [(f"line {n}", json_or_none(line)) for n, line in lines]
     elif objects:
         text_line = next(n for n, _ in lines if n not in objects)
-        raise InputError(f"{path}: line {objects[0]} is a JSON object, line {text_line} is not: make "
-                         "every line a JSON object (JSON lines) or none (one prompt per line)")
+        raise InputError(f"{path}: line {objects[0]} is a JSON object, line {text_line} is not: "
+                         "make every line a JSON object (JSON lines) or none (one prompt per line)")
     else:
         numbered = [(f"line {n}", {field: line}) for n, line in lines]
 
@@ -1245,18 +1266,20 @@ def prompt_record(path, where, record, field):
         raise InputError(f'{path} {where} has no prompt: it needs a non-empty "{field}" '
                          'field (--prompt-field)')
     if not isinstance(record[field], str):
-        raise InputError(f'{path} {where}: its "{field}" field is {type(record[field]).__name__}, not text: '
-                         "a prompt is one string (--prompt-field names another field)")
+        kind = type(record[field]).__name__
+        raise InputError(f'{path} {where}: its "{field}" field is {kind}, not text: a prompt is one '
+                         "string (--prompt-field names another field)")
     check_text(record[field], f"{path} {where}")
     ours = sorted(set(record) & OUR_FIELDS - {field})
     if ours:
-        raise InputError(f'{path} {where} has a field "{ours[0]}", a name entrgi.py writes in each result: '
-                         "rename it in the prompts file")
+        raise InputError(f'{path} {where} has a field "{ours[0]}", a name entrgi.py writes in each '
+                         "result: rename it in the prompts file")
     return record
 
 
-OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward", "top1_score",
-              "avg_score", "settings", "summary"}   # what a result line holds besides the prompt file's own fields
+# what a result line holds besides the prompt file's own fields
+OUR_FIELDS = {"index", "method", "seed", "responses", "best_response", "top1_reward", "avg_reward",
+              "top1_score", "avg_score", "settings", "summary"}
 
 
 def check_text(text, where):
@@ -1334,7 +1357,8 @@ def read_output(path, prompts, field, settings):
         if isinstance(r, dict) and "summary" in r:
             continue
         if isinstance(r, dict) and isinstance(r.get("settings"), dict) and r["settings"] != settings:
-            key = next(k for k in sorted(set(settings) | set(r["settings"])) if r["settings"].get(k) != settings.get(k))
+            names = sorted(set(settings) | set(r["settings"]))
+            key = next(k for k in names if r["settings"].get(k) != settings.get(k))
             raise InputError(f"--output {path!r} line {n} was written with {key} = "
                              f"{r['settings'].get(key)!r}, this command has {key} = "
                              f"{settings.get(key)!r}: refusing to mix them; pass another --output")
@@ -1358,7 +1382,8 @@ def append_line(path, record):
             n = f.write(line) or 0
             if n < len(line):                            # part of a line: take it back, say so
                 f.truncate(f.tell() - n)
-                raise OSError(errno.ENOSPC, f"only {n} of the line's {len(line)} bytes were written (a full disk?)")
+                raise OSError(errno.ENOSPC, f"only {n} of the line's {len(line)} bytes were "
+                              "written (a full disk?)")
     except OSError as err:
         raise WriteError(f"cannot write --output {path!r}: {err.strerror or err}") from None
 
@@ -1384,10 +1409,12 @@ def check_run(args):
     cfgs = configs(args)
     one = args.prompt is not None
 
-    for bad, message in ((one == (args.prompts_file is not None), "pass one of --prompt TEXT or --prompts-file FILE"),
-                         (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
-                         (not one and args.trace, "--trace draws one prompt: use it with --prompt"),
-                         (not 1 <= args.batch_size <= 2**16, f"--batch-size must lie in [1, 65536], got {args.batch_size}")):
+    checks = ((one == (args.prompts_file is not None), "pass one of --prompt TEXT or --prompts-file FILE"),
+              (not one and not args.output, "--prompts-file needs --output FILE.jsonl: results go there"),
+              (not one and args.trace, "--trace draws one prompt: use it with --prompt"),
+              (not 1 <= args.batch_size <= 2**16,
+               f"--batch-size must lie in [1, 65536], got {args.batch_size}"))
+    for bad, message in checks:
         if bad:
             raise InputError(message)
 
@@ -1396,9 +1423,10 @@ def check_run(args):
     for path, flag in named:
         if not path.strip():
             raise InputError(f"{flag} names no file: pass a file name")
-    same = [flag for path, flag in named[1:] if os.path.realpath(path) == os.path.realpath(named[0][0])]
+    first, flag = named[0] if named else ("", "")
+    same = [other for path, other in named[1:] if os.path.realpath(path) == os.path.realpath(first)]
     if same:
-        raise InputError(f"{named[0][1]} and {same[0]} name the same file {named[0][0]!r}: pass two files")
+        raise InputError(f"{flag} and {same[0]} name the same file {first!r}: pass two files")
     for path, flag in files[:2]:
         if path:
             check_writable(path, flag)
@@ -1406,15 +1434,17 @@ def check_run(args):
     if one:
         check_text(args.prompt, "--prompt")
 
-    prompts = [{args.prompt_field: args.prompt}] if one else read_prompts(args.prompts_file, args.prompt_field)
+    field = args.prompt_field
+    prompts = [{field: args.prompt}] if one else read_prompts(args.prompts_file, field)
     if args.seed + len(prompts) - 1 >= 2**63:
         raise InputError(f"--seed: prompt i gets seed + i, which must stay below 2**63: the seed "
                          f"must be at most {2**63 - len(prompts)} for {len(prompts)} prompts")
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
     # one spelling a folder
     where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name
-    settings.update(dllm=where(args.dllm), reward_model=where(args.reward_model), score_model=where(args.score_model),
-                    dtype=args.dtype, prompt_field=args.prompt_field, batch_size=args.batch_size,
+    settings.update(dllm=where(args.dllm), reward_model=where(args.reward_model),
+                    score_model=where(args.score_model), dtype=args.dtype,
+                    prompt_field=args.prompt_field, batch_size=args.batch_size,
                     compile=args.compile, deterministic=args.deterministic)
     return cfgs, prompts, settings
 
@@ -1455,7 +1485,8 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
     traces = []
     # the same in every process
     rounds = math.ceil(math.ceil(len(prompts) / world) / args.batch_size)
-    progress = {"total": sum(len(left) for _, left in todo), "done": 0, "began": time.perf_counter()}
+    total = sum(len(left) for _, left in todo)
+    progress = {"total": total, "done": 0, "began": time.perf_counter()}
 
     for b in range(0, rounds * args.batch_size, args.batch_size):
         error = None
@@ -1463,7 +1494,8 @@ def run_prompts(args, models, judge, cfgs, prompts, settings, todo, world=1):
             for cfg in cfgs:
                 batch = [i for i, left in todo[b:b + args.batch_size] if cfg.method in left]
                 if batch:
-                    run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces, progress)
+                    run_batch(args, models, judge, cfg, prompts, settings, batch, results, traces,
+                              progress)
         except (InputError, WriteError) as err:
             error = err
         agree(world, error)
@@ -1492,11 +1524,13 @@ def run_batch(args, models, judge, cfg, prompts, settings, batch, results, trace
                              "number): the reward model's weights or --dtype (float16 "
                              "overflows) are at fault")
 
-    records = [{**prompts[i], "index": i, **result, "settings": settings} for i, result in zip(batch, out)]
+    records = [{**prompts[i], "index": i, **result, "settings": settings}
+               for i, result in zip(batch, out)]
     for n, record in enumerate(records):
         for j, r in enumerate(record["responses"] if one else []):
             judged = f", judge's score {r['score']:.4f}" if judge else ""
-            show(f"--- {cfg.method} trajectory {j}: reward {r['reward']:.4f}{judged}\n{r['text']}\n")
+            reward = f"reward {r['reward']:.4f}{judged}"
+            show(f"--- {cfg.method} trajectory {j}: {reward}\n{r['text']}\n")
         try:
             if args.output:
                 append_line(args.output, record)
@@ -1526,9 +1560,11 @@ def agree(world, error):
     together, with the same line, instead of waiting for one that has gone."""
     if world > 1:
         errors = [None] * world
-        torch.distributed.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)))
+        mine = None if error is None else (type(error).__name__, str(error))
+        torch.distributed.all_gather_object(errors, mine)
         first = next((e for e in errors if e), None)
-        error = None if first is None else (WriteError if first[0] == "WriteError" else InputError)(first[1])
+        kind = WriteError if first and first[0] == "WriteError" else InputError
+        error = None if first is None else kind(first[1])
         if error is not None:                            # every process says it before any leaves
             print(f"entrgi.py: error: {error}", file=sys.stderr, flush=True)
             leave(74 if isinstance(error, WriteError) else 2)
@@ -1600,7 +1636,9 @@ def run_checked(args, cfgs, prompts, settings, device, world, rank):
     """`run` after the checks, with --output held."""
     error = None
     try:
-        done, whole = read_output(args.output, prompts, args.prompt_field, settings) if args.output else (set(), 0)
+        done, whole = set(), 0
+        if args.output:
+            done, whole = read_output(args.output, prompts, args.prompt_field, settings)
         if args.trace and done:
             raise InputError(f"--output {args.output!r} holds this run already: to trace it, "
                              "pass another --output")
@@ -1651,10 +1689,13 @@ def load_models(args, prompts, device):
 
     dllm, tok = load_dllm(args.dllm, device, args.dtype, opened)
     rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype, rm_opened)
-    judge = load_reward_model(args.score_model, device, args.dtype, judge_opened) if judge_opened else None
+    judge = None
+    if judge_opened:
+        judge = load_reward_model(args.score_model, device, args.dtype, judge_opened)
     if args.compile:
         compile_models(dllm, rm)
-    embedding = rm.get_input_embeddings().weight[vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)]
+    vocab = vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)
+    embedding = rm.get_input_embeddings().weight[vocab]                 # E^R in the dLLM's order
     return (dllm, tok, rm, rm_tok, embedding), judge
 
 
@@ -1768,7 +1809,8 @@ def command(args):
     except RuntimeError as err:
         if "can't allocate memory" not in str(err):      # the CPU allocator's out of memory
             raise
-        return 2, "entrgi.py: error: out of memory: lower --batch-size, --samples or --max-new-tokens"
+        return 2, ("entrgi.py: error: out of memory: lower --batch-size, --samples or "
+                   "--max-new-tokens")
 
 
 def run_benchmark(args):
@@ -1840,7 +1882,9 @@ PRESETS = {
 def peak_memory(fn, cuda):
     """Runs fn once: its peak memory beyond what it found, GiB (on CPUs the resident set,
     Linux only; else None)."""
-    status = lambda key: next(int(l.split()[1]) / 2**20 for l in open("/proc/self/status") if l.startswith(key))
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 2**20 for line in f if line.startswith(key))
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -1893,7 +1937,8 @@ class LiveBytes(TorchDispatchMode):
         self.alive.pop(key, None)
 
 
-def memory_trace(preset="real", K=4, L=128, M=3, P=64, method="entrgi", dtype=torch.bfloat16, fake=True):
+def memory_trace(preset="real", K=4, L=128, M=3, P=64, method="entrgi", dtype=torch.bfloat16,
+                 fake=True):
     """The first step's memory (every position masked) at a preset's full size, without the memory:
     the step runs on fake tensors (shapes and dtypes, no data: FakeTensorMode) and each tensor it
     creates is counted while it lives. GiB: the weights, E^R, the step's peak beyond them. fake=False
@@ -1908,10 +1953,12 @@ def memory_trace(preset="real", K=4, L=128, M=3, P=64, method="entrgi", dtype=to
         weights = [t for model in (dllm, rm) for t in (*model.parameters(), *model.buffers())]
         live = LiveBytes([*weights, embedding])
         with live:
-            sample(denoiser, reward, embedding, [0], V - 1, [V - 2], Config(method, K, T=1, L=L, M=M))
+            cfg = Config(method, K, T=1, L=L, M=M)
+            sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg)
     gib = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 2**30
-    return {"preset": preset, "method": method, "K": K, "L": L, "M": M, "P": P, "dtype": str(dtype)[6:],
-            "weights_gib": gib(weights), "embedding_gib": gib([embedding]), "step_peak_gib": live.peak / 2**30}
+    return {"preset": preset, "method": method, "K": K, "L": L, "M": M, "P": P,
+            "dtype": str(dtype)[6:], "weights_gib": gib(weights), "embedding_gib": gib([embedding]),
+            "step_peak_gib": live.peak / 2**30}
 
 
 def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64, steps=3, method="entrgi",
@@ -1946,12 +1993,15 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
     say("benchmark: timing the step, its parts, the device")
     parts, rm_pass, q = floor_parts(denoiser, reward, embedding, y0, m, cfg, g, timed)
     total = timed(step)
-    counts = {name: count_ops(fn, V) for name, fn in (("step", step), ("dllm", lambda: denoiser(y0)), ("rm", rm_pass))}
+    parts_run = (("step", step), ("dllm", lambda: denoiser(y0)), ("rm", rm_pass))
+    counts = {name: count_ops(fn, V) for name, fn in parts_run}
     rates = hardware(device, dtype, timed)
-    physical = counts["step"]["flops"] / rates["matmul_flop_s"] + counts["step"]["vocab_bytes"] / rates["copy_byte_s"]
+    physical = (counts["step"]["flops"] / rates["matmul_flop_s"]
+                + counts["step"]["vocab_bytes"] / rates["copy_byte_s"])
     draw = timed(lambda: top_p_sample(q, cfg.top_p, torch.Generator(device)))
     softmax = timed(lambda: q.softmax(-1))
-    weights = sum(t.numel() * t.element_size() for model in (dllm, rm) for t in model.parameters()) / 2**30
+    tensors = [t for model in (dllm, rm) for t in model.parameters()]
+    weights = sum(t.numel() * t.element_size() for t in tensors) / 2**30
     outside = counts["step"]["ops"] - counts["dllm"]["ops"] - M * counts["rm"]["ops"]
     return {"preset": name, "layers": layers, "device": device,
             "dtype": str(dtype)[6:], "K": K, "L": L, "masked": m, "M": M, "P": P, "method": method, "steps": steps,
@@ -1969,7 +2019,8 @@ def step_inputs(dllm, rm, K, L, m, P, g):
     V = dllm.config.vocab_size
     V_rm = rm.config.vocab_size
     device = dllm.device
-    prompt, prefix, suffix = (torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5))
+    ids = [torch.randint(0, min(V, V_rm) - 2, (n,), generator=g).tolist() for n in (P, P + 12, 5)]
+    prompt, prefix, suffix = ids
     # (V, d) E^R
     embedding = rm.get_input_embeddings().weight[torch.arange(V, device=device) % V_rm]
     y0 = torch.randint(0, V - 2, (K, L), generator=g)
@@ -2040,7 +2091,8 @@ def hardware(device, dtype, timed):
     read and written / s)."""
     n = 8192 if torch.device(device).type == "cuda" else 1024
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    src = torch.empty(2**28 if torch.device(device).type == "cuda" else 2**25, dtype=torch.uint8, device=device)
+    size = 2**28 if torch.device(device).type == "cuda" else 2**25
+    src = torch.empty(size, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     return {"matmul_flop_s": 2 * n**3 / timed(lambda: a @ b), "copy_byte_s": 2 * src.numel() / timed(
         lambda: dst.copy_(src))}
@@ -2095,7 +2147,8 @@ def report(r):
           f"at {r['matmul_flop_s'] / 1e12:.2f} TFLOP/s; {r['step_vocab_bytes'] / 2**30:.2f} GiB of vocabulary "
           f"tensors at {r['copy_byte_s'] / 2**30:.1f} GiB/s)")
     print(f"  {'host waits in a step':<40} {r['host_waits_per_step']:10d}")
-    print(f"  {'operator calls: step, outside the models':<40} {r['ops_per_step']:10d} {r['ops_outside_models']:6d}")
+    calls = f"{r['ops_per_step']:10d} {r['ops_outside_models']:6d}"
+    print(f"  {'operator calls: step, outside the models':<40} {calls}")
     draw = r["top_p_draw_s"]
     softmax = r["softmax_s"]
     peak = r["peak_beyond_weights_gib"]

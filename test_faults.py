@@ -633,7 +633,7 @@ def api_cases():
         (lambda: entrgi.guide(logits, y, idx[:, :2], reward, E, None), ValueError, "do not agree in N and m"),
         (lambda: entrgi.guide(logits, y[:1], idx, reward, E, None), ValueError, "do not agree in N and m"),
         (lambda: entrgi.guide(logits, y, idx, reward, E, None, M=-1), ValueError, "M must be an int >= 0"),
-        (lambda: entrgi.guide(logits, y, idx, reward, E, None, lr=float("nan")), ValueError, "lr finite"),
+        (lambda: entrgi.guide(logits, y, idx, reward, E, None, lr=float("nan")), ValueError, "lr >= 0"),
         (lambda: entrgi.logits_hook(reward, E, cfg, V - 1, -1, None), ValueError, "prompt_length must be an int"),
         (lambda: entrgi.logits_hook(reward, E, entrgi.Config(M=-2), V - 1, 2, None), ValueError, "M must be int"),
         (lambda: entrgi.logits_hook(reward, E, cfg, V - 1, 2, None)(0, y, torch.zeros(2, L + 1, V)), ValueError,

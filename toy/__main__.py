@@ -58,6 +58,7 @@ def sampling_table(seeds=200, K=4, lrs=(0.5, 2.0)):
 
 
 def main():
+    torch.set_num_threads(1)          # tiny tensors: one thread is fastest, and keeps its time on a busy machine
     start = time.perf_counter()
     print(f"Toy: V = {toy.V} tokens, n = {toy.n} positions, d = {toy.d}.")
     print("1. Gradients of J(psi) = E_q[r(x)] w.r.t. psi (n x V), every position masked, tau = 1, top-p = 1.")
