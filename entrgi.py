@@ -565,7 +565,8 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
 # 6. Loading: Dream and LLaDA through transformers' own classes, any sequence-classification RM
 
 
-HUB_WAIT = 30       # seconds the hub may take to answer before a download is given up
+# seconds the hub may take to answer before a download is given up (a slow proxy: set ENTRGI_HUB_WAIT)
+HUB_WAIT = float(os.environ.get("ENTRGI_HUB_WAIT", 30))
 
 
 def resolve(name_or_path):
@@ -621,7 +622,7 @@ def download(name):
         return snapshot_download(name, allow_patterns=patterns)
     except Exception as err:                             # the hub's, the network's, the cache's
         timed_out = "timeout" in type(err).__name__.lower() or "timed out" in str(err).lower()
-        why = f"{where} did not answer within {HUB_WAIT} s" if timed_out else (
+        why = f"{where} did not answer within {HUB_WAIT:g} s" if timed_out else (
             f"{type(err).__name__}: check the name; the machine may be offline or {where} "
             "unreachable")
         raise InputError(f"cannot download model {name!r} ({why}): pass a local folder holding its "

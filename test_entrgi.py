@@ -525,8 +525,9 @@ def test_benchmark_measures_the_step_and_its_floors(capsys, monkeypatch, tmp_pat
     entrgi.report(result)
     printed = capsys.readouterr().out
     for text in ("guided step / eager floor", "guided step / physical floor", "2 x reward forward + backward",
-                 "(16 masked)", "host waits in a step"):
+                 "(16 masked)", "host waits in a step", "first step (warm-up)"):
         assert text in printed
+    assert "compiling" not in printed                                        # nothing was compiled
     kind, dllm_fields, rm_fields = entrgi.PRESETS["tiny"]                       # a preset of one's own
     custom = entrgi.benchmark((kind, {**dllm_fields, "hidden_size": 32}, rm_fields), "cpu", "float32", K=2, L=8, M=1,
                               P=4, steps=1)

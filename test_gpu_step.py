@@ -2,7 +2,6 @@
 hook call) reads a value back from the device; every tensor lives on the device it is used on; the mask
 token is never revealed, whatever the denoiser proposes; compiled models give the eager results."""
 
-import math
 
 import pytest
 import torch
