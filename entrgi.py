@@ -1637,7 +1637,8 @@ def run_checked(args, cfgs, prompts, settings, device, world, rank):
     """`run` after the checks, with --output held."""
     error = None
     try:
-        done, whole = set(), 0
+        done = set()                                     # (index, method) pairs already written
+        whole = 0                                        # the bytes of their whole lines
         if args.output:
             done, whole = read_output(args.output, prompts, args.prompt_field, settings)
         if args.trace and done:

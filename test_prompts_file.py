@@ -182,7 +182,8 @@ def test_bad_prompts_files_and_outputs_exit_2(tmp_path, dream_dir, rm_dir, capsy
         (["--prompts-file", str(ok), "--output", str(other)], "was not written by this command"),
         (["--prompts-file", str(ok), "--output", str(tmp_path)], "is a folder"),
         (["--prompts-file", str(ok)], "needs --output"),
-        (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"], "--batch-size must lie in [1, 65536]"),
+        (["--prompts-file", str(ok), "--output", str(tmp_path / "o4.jsonl"), "--batch-size", "0"],
+         "--batch-size must lie in [1, 65536]"),
         (["--prompts-file", str(ok), "--prompt", "Hi", "--output", str(tmp_path / "o5.jsonl")], "one of --prompt"),
     ]
     before = {p: p.read_bytes() for p in (foreign, other)}
