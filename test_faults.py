@@ -517,7 +517,8 @@ def test_numbers_at_their_edges_run(args, K, L, tmp_path, dream_dir, rm_dir, cap
     assert "note: T = 20 steps for L = 6 tokens" in capsys.readouterr().err or "20" not in args
 
 
-TEXTS = ["Hello 👋🏽 world", "為什麼天空是藍色的？", "لماذا السماء زرقاء؟", "zero\u200bwidth\u200djoiner\ufeff",
+TEXTS = ["Hello 👋🏽 world", "為什麼天空是藍色的？", "لماذا السماء زرقاء؟",
+         "zero\u200bwidth\u200djoiner\ufeff",
          "bell\x07 escape\x1b[31mred\x1b[0m nul\x00 end", "line\u2028separator", "ENTRGIRESPONSESLOT inside",
          "<|im_end|> a token's text", "tab\there", "  leading and trailing  "]
 
