@@ -8,6 +8,7 @@ References:
 2) APS, the straight-through baseline: Rout et al., 2025
 3) Dream's sampler, generation_utils.py (Dream-org/Dream): top-p, the confidences, the schedule
 4) LLaDA's sampler, generate.py (ML-GSAI/LLaDA): low-confidence remasking, blocks
+5) the authors' release (atutej/entrgi): the causal LM's log-likelihood as a reward
 """
 
 import os
@@ -88,6 +89,17 @@ def expect(ok, message, error=ValueError):
         raise error(message)
 
 
+def shape(t):
+    """A tensor's shape, or the type of what is not a tensor (for messages)."""
+    return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+
+
+def f32(x):
+    """x in float32, or float64 if it is: probabilities, sums and draws are never computed in
+    bfloat16 or float16 (their running sums tie), whatever dtype the models compute in."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 # -----------------------------------------------------------------------------
 # 1. The relaxation: how a masked position is fed to the reward model
 
@@ -95,7 +107,7 @@ def expect(ok, message, error=ValueError):
 def relax(logits, embedding, method, temperature, top_p, generator,
           x=None, entropy_from="sampling"):
     """The reward model's input e (..., d) at positions whose logits are psi (..., V), and the
-    entropy weights w (...). embedding (V, d): E^R in the dLLM's token order.
+    relaxation's parts q, x (None for soft), w. embedding (V, d): E^R in the dLLM's token order.
 
       q      = softmax(psi / tau)
       e_soft = q E                                 the soft relaxation
@@ -110,38 +122,39 @@ def relax(logits, embedding, method, temperature, top_p, generator,
            and embedding.shape[0] == logits.shape[-1],
            "logits (..., V) and embedding (V, d) must be float tensors of one V", TypeError)
     expect(temperature > 0 and 0 <= top_p <= 1, "temperature must be > 0 and top_p in [0, 1]")
-    q = torch.softmax(logits / temperature, -1)                  # (..., V)
-    e_soft = q.to(embedding.dtype) @ embedding                   # (..., d)
+    q = torch.softmax(f32(logits) / temperature, -1)             # (..., V)
+    e_soft = q.to(embedding.dtype) @ embedding                   # (..., d) in E^R's dtype
     if method == "soft":
-        return e_soft, torch.zeros(q.shape[:-1], device=q.device)
+        return e_soft, q, None, torch.zeros_like(q[..., 0])
 
     with torch.no_grad():
         x = top_p_sample(q, top_p, generator) if x is None else x
-        p = q if entropy_from == "sampling" else torch.softmax(logits, -1)
+        p = q if entropy_from == "sampling" else torch.softmax(f32(logits), -1)
         w = torch.ones_like(p[..., 0]) if method == "aps" else entropy(p) / math.log(p.shape[-1])
         step = w.unsqueeze(-1).to(e_soft.dtype) * (embedding[x] - e_soft)   # w (e_hard - e_soft)
-    return e_soft + step, w
+    return e_soft + step, q, x, w
 
 
 def entropy(q):
     """H(q) over the last axis, with 0 log 0 = 0."""
-    return torch.special.entr(q).sum(-1)
+    return torch.special.entr(f32(q)).sum(-1)
 
 
 def nucleus(q, top_p):
     """q (..., V) sorted, descending; the sort's order; the least probability (..., 1) in the
     top-p nucleus: the tokens whose more likely tokens hold at most top_p (Dream's rule)."""
-    s, order = q.sort(dim=-1, descending=True, stable=True)
+    s, order = f32(q).sort(dim=-1, descending=True, stable=True)
     before = s.cumsum(-1).sub_(s)                                # the mass before each token
     inside = (before <= top_p) & (s > 0)                         # a prefix of each row
-    return s, order, s.gather(-1, inside.sum(-1, keepdim=True) - 1)
+    return s, order, s.gather(-1, inside.sum(-1, keepdim=True).clamp(min=1) - 1)
 
 
 def top_p_sample(q, top_p, generator):
     """x (...) ~ q (..., V) in its top-p nucleus (ties in or out together): inverse CDF on the
-    sorted rows, nothing read back to the host (torch.multinomial may check its input so)."""
+    sorted rows, nothing read back to the host (torch.multinomial may check its input so). A row
+    that is not a distribution (NaN) draws a valid index, never an out-of-range one."""
     s, order, least = nucleus(q, top_p)
-    n = (s >= least).sum(-1, keepdim=True)                       # the nucleus: a prefix of s
+    n = (s >= least).sum(-1, keepdim=True).clamp(min=1)          # the nucleus: a prefix of s
     cdf = s.masked_fill_(s < least, 0).cumsum_(-1)               # (in place: s is the sort's copy)
     u = uniform(q.shape[:-1], generator, q.device).unsqueeze(-1) * cdf[..., -1:]
     i = torch.searchsorted(cdf, u.to(cdf.dtype), right=True)
@@ -161,10 +174,12 @@ def uniform(shape, generator, device):
 # 2. The reward bridge: R on the chat prefix, the response slot e, the suffix
 
 
-def reads(tokens, end_ids, lead_ids=None):
+def reads(tokens, end_ids, lead_ids=None, end=False):
     """(N, L) bool: the positions of tokens (N, L) a reader of the replies sees: before the first
-    end token, less a run of lead_ids at the start (a chat template that strips those)."""
-    seen = torch.isin(tokens, end_ids).cumsum(-1) == 0
+    end token (end=True: and the end token), less a run of lead_ids at the start (a chat template
+    that strips those)."""
+    ends = torch.isin(tokens, end_ids).long()
+    seen = ends.cumsum(-1) - ends * end == 0
     if lead_ids is not None and len(lead_ids):
         seen &= torch.isin(tokens, lead_ids).cumprod(-1) == 0
     return seen
@@ -200,48 +215,112 @@ def new_cache(config, layers=()):
     return cache
 
 
-def rm_score(rm, e, valid, past=()):
-    """R (N,) for the reward model's input embeddings e (N, T, d); valid (N, T): the real
-    positions (padding anywhere but last); past: a cached prefix [(keys, values), ...] of one
-    row. R: the score head on the last hidden state, where transformers' classifier pools."""
+def prefixes_read(model, prefixes):
+    """Each chat prefix (ids) read once by the model's body: [(its keys and values [(keys,
+    values), ...], its last hidden state (1, 1, h))], which every row of its prompt reads first."""
+    E = model.get_input_embeddings().weight
+    read = []
+    for prefix in prefixes:
+        cache = new_cache(model.config)
+        with torch.inference_mode(False), torch.no_grad():        # (plain tensors, under any mode)
+            h = model.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)],
+                                 use_cache=True, **{cache_keyword(model.base_model): cache})
+        read.append(([(keys, values) for keys, values, *_ in cache], h.last_hidden_state[:, -1:]))
+    return read
+
+
+def hidden(model, e, valid, past=()):
+    """The body's last hidden states (N, T, h) on input embeddings e (N, T, d) behind a prefix
+    read by `prefixes_read`; valid (N, T): the positions read (the rest hidden from attention)."""
     P = past[0][0].shape[-2] if past else 0
-    N = e.shape[0]
-    layers = [(keys.expand(N, -1, -1, -1), values.expand(N, -1, -1, -1)) for keys, values in past]
-    h = rm.base_model(inputs_embeds=e, attention_mask=attention_bias(valid, True, e.dtype, P),
-                      position_ids=P + (valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
-                      **{cache_keyword(rm.base_model): new_cache(rm.config, layers)})
-    return rm.score(h.last_hidden_state[:, -1]).squeeze(-1).float()
+    layers = [(keys.expand(len(e), -1, -1, -1), values.expand(len(e), -1, -1, -1))
+              for keys, values in past]
+    return model.base_model(inputs_embeds=e, attention_mask=attention_bias(valid, True, e.dtype, P),
+                            position_ids=P + (valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
+                            **{cache_keyword(model.base_model): new_cache(model.config, layers)}
+                            ).last_hidden_state
+
+
+def rm_score(rm, e, valid, past=()):
+    """R (N,): the score head on the last position's hidden state, where transformers' classifier
+    pools (padding anywhere but last)."""
+    return rm.score(hidden(rm, e, valid, past)[:, -1]).squeeze(-1).float()
 
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
-    """The reward callable for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), N =
-    len(prefixes) x K rows, prompt-major. A row reads its prompt's chat prefix (ids; its keys
-    and values computed once), e where `reads(tokens, end_ids, lead_ids)` (the rest hidden by
-    the attention mask), then the suffix. Each prompt's K rows run on their own, unpadded."""
+    """The classifier's reward for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), N =
+    len(prefixes) x K rows, prompt-major. A row reads its prompt's chat prefix (ids), e where
+    `reads(tokens, end_ids, lead_ids)`, then the suffix. Each prompt's K rows run on their own."""
     E = rm.get_input_embeddings().weight
     end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
     lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
-    pasts = []
-    for prefix in prefixes:
-        cache = new_cache(rm.config)
-        with torch.no_grad():
-            rm.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)],
-                          use_cache=True, **{cache_keyword(rm.base_model): cache})
-        pasts.append([(keys, values) for keys, values, *_ in cache])
-    after = [E[torch.tensor(suffix, device=E.device)] for suffix in suffixes]     # (S, d) each
+    read = prefixes_read(rm, prefixes)
+    after = [E[torch.tensor(suffix, device=E.device)] for suffix in suffixes]   # (S, d) each
 
     def reward(e, tokens):
-        expect(len(e) == len(tokens) == K * len(pasts),
-               f"reward: e and tokens need {K * len(pasts)} rows, got {len(e)}, {len(tokens)}")
+        expect(e.shape[:2] == tokens.shape and len(e) == K * len(read), f"reward: e (N, L, d) "
+               f"and tokens (N, L) need N = {K * len(read)} rows, got {tuple(e.shape)}, "
+               f"{tuple(tokens.shape)}")
         R = []
-        for past, suffix, e_i, tokens_i in zip(pasts, after, e.split(K), tokens.split(K)):
-            x = torch.cat([e_i.to(E.dtype), suffix.expand(K, -1, -1)], 1)        # (K, L + S, d)
+        for i, ((past, _), suffix) in enumerate(zip(read, after)):
+            rows = slice(i * K, (i + 1) * K)
+            x = torch.cat([e[rows].to(E.dtype), suffix.expand(K, -1, -1)], 1)   # (K, L + S, d)
             whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
-            valid = torch.cat([reads(tokens_i, end_ids, lead_ids), whole], 1)
-            R.append(rm_score(rm, x, valid, past))
+            R.append(rm_score(rm, x, torch.cat([reads(tokens[rows], end_ids, lead_ids), whole], 1),
+                              past))
         return torch.cat(R)
 
     return reward
+
+
+def make_loglik_reward(lm, prefixes, suffixes, K, end_ids, vocab):
+    """A causal LM's reward for `sample` (the authors' second kind): reward(e, tokens, relaxed) ->
+    R (N,), the mean log-likelihood lp the LM gives a row's targets, its response up to and with
+    its first end token, then the suffix (ids), behind its prompt's chat prefix. vocab (V,): the
+    LM's id of each dLLM token. A masked position's target is relaxed like its input, from guide's
+    relaxed = (idx, q, x, w): soft = sum_i sg(q_i) lp_i, hard = lp_x, soft + sg(w (hard - soft))."""
+    E = lm.get_input_embeddings().weight
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
+    read = prefixes_read(lm, prefixes)
+    after = [torch.tensor(suffix, device=E.device) for suffix in suffixes]      # (S,) each
+
+    def reward(e, tokens, relaxed):
+        expect(e.shape[:2] == tokens.shape and len(e) == K * len(read), f"reward: e (N, L, d) "
+               f"and tokens (N, L) need N = {K * len(read)} rows, got {tuple(e.shape)}, "
+               f"{tuple(tokens.shape)}")
+        idx, q, x, w = relaxed                                   # (N, m), (N, m, V), (N, m) x2
+        R = []
+        for i, ((past, last), suffix) in enumerate(zip(read, after)):
+            rows = slice(i * K, (i + 1) * K)
+            targets = torch.cat([vocab[tokens[rows]], suffix.expand(K, -1)], 1)   # (K, T) ids
+            whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
+            valid = torch.cat([reads(tokens[rows], end_ids, end=True), whole], 1)  # read, scored
+            inputs = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)
+            h = torch.cat([last.expand(K, -1, -1), hidden(lm, inputs, valid, past)], 1)
+            lp = torch.log_softmax(lm.get_output_embeddings()(predictors(h, valid)), -1,
+                                   dtype=torch.float32)                    # (K, T, V_lm)
+            # each target's weights P over the LM's vocabulary: one-hot; sg(q) where masked
+            q_lm = q.new_zeros(K, q.shape[1], lp.shape[-1]).index_add_(-1, vocab, q[rows])
+            P = torch.zeros_like(lp).scatter_(-1, targets.unsqueeze(-1), 1.0)
+            P.scatter_(1, idx[rows].unsqueeze(-1).expand_as(q_lm), q_lm)
+            del q_lm                                 # (its memory, for the backward)
+            ll = torch.einsum("ktv,ktv->kt", lp, P)              # sum_i P_i lp_i; masked: soft
+            soft = ll.detach().gather(1, idx[rows])                          # (K, m)
+            k = torch.arange(K, device=E.device).unsqueeze(-1)
+            hard = soft if x is None else lp.detach()[k, idx[rows], vocab[x[rows]]]   # lp_x
+            ll = ll.scatter_add(1, idx[rows], w[rows] * (hard - soft))   # + sg(w (hard - soft))
+            R.append((ll * valid).sum(-1) / valid.sum(-1))
+        return torch.cat(R)
+
+    return reward
+
+
+def predictors(h, valid):
+    """Each target's predictor (N, T, h): the hidden state of the last position read before it,
+    from h (N, 1 + T, h) whose row 0 is the prefix's last; valid (N, T): the positions read."""
+    read = torch.where(valid, torch.arange(1, valid.shape[1] + 1, device=valid.device), 0)
+    before = torch.cat([torch.zeros_like(read[:, :1]), read.cummax(-1).values[:, :-1]], 1)
+    return h.gather(1, before.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
 
 # -----------------------------------------------------------------------------
@@ -253,40 +332,50 @@ def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr
     """Algorithm 1, lines 2-3: psi (N, m, V) after M steps of torch.optim.Adam on -sum_n R_n, and
     the number of updates whose R or gradient was not finite (a tensor, not read back; their rows'
     gradient is zero). logits (N, m, V): the denoiser's at the masked positions idx (N, m) of y
-    (N, L), as many in every row (left as they were). reward(e (N, L, d), tokens (N, L)) -> R (N,);
-    embedding (V, d): E^R; generator: one, or one per prompt (see `uniform`)."""
+    (N, L), as many in every row. reward(e (N, L, d), tokens (N, L)) -> R (N,), differentiable in
+    e; a reward with a keyword `relaxed` gets relax's parts there too, (idx, q, x, w). embedding
+    (V, d): E^R; generator: one, or one per prompt (see `uniform`). Any grad mode: autograd is
+    opened here (Dream's generate, for one, runs under no_grad)."""
     expect(logits.dim() == 3 and idx.shape == logits.shape[:2] and y.shape[0] == len(idx),
            "logits (N, m, V), idx (N, m) and y (N, L) do not agree in N and m")
     expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr >= 0")
+    expect(not embedding.is_inference(), "embedding was made under torch.inference_mode(): "
+           "autograd cannot pass through it; make E^R outside that mode")
+    relaxed = "relaxed" in inspect.signature(reward).parameters
     b1, b2 = betas
 
-    # line 2: psi <- the logits at the masked positions (the dLLM stays frozen)
-    psi = logits.detach().to(torch.promote_types(logits.dtype, torch.float32))
-    moment1 = moment2 = 0.0                                      # Adam's moments
-    skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-    e_known = embedding[y.scatter(1, idx, 0)]                   # (N, L, d): E^R[y] if revealed
-    at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
+    with torch.inference_mode(False), torch.enable_grad():      # (tensors autograd can use)
+        # line 2: psi <- the logits at the masked positions (a copy: the dLLM stays frozen)
+        psi = f32(logits).detach().clone()
+        y, idx = y.clone(), idx.clone()
+        moment1 = moment2 = 0.0                                  # Adam's moments
+        skipped = torch.zeros((), dtype=torch.long, device=psi.device)
+        e_known = embedding[y.scatter(1, idx, 0)]               # (N, L, d): E^R[y] if revealed
+        at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
 
-    # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
-    for t in range(1, M + 1):
-        with torch.enable_grad():                  # (callers such as Dream's generate run without)
+        # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
+        for t in range(1, M + 1):
             psi.requires_grad_(True)
-            e, _ = relax(psi, embedding, method, temperature, top_p, generator,
-                         entropy_from=entropy_from)
+            e, q, x, w = relax(psi, embedding, method, temperature, top_p, generator,
+                               entropy_from=entropy_from)
             tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
-            R = reward(e_known.scatter(1, at, e), tokens)       # (N,)
-            expect(R.shape == y.shape[:1], f"reward gave shape {tuple(R.shape)}, not (N,)")
-            g, = torch.autograd.grad(-R.sum(), psi)
-        R = R.detach()                           # (the graph goes: its memory, for the next step)
-        del e
+            parts = {"relaxed": (idx, q.detach(), x, w)} if relaxed else {}
+            R = reward(e_known.scatter(1, at, e), tokens, **parts)   # (N,)
+            expect(torch.is_tensor(R) and R.shape == y.shape[:1] and R.requires_grad,
+                   f"reward gave {shape(R)}, not R (N,) = ({len(y)},) differentiable in e (not "
+                   "scored from the tokens alone, nor detached)")
+            g, = torch.autograd.grad(-R.sum(), psi, allow_unused=True)
+            expect(g is not None, "reward: R does not depend on e, its first argument")
+            R = R.detach()                       # (the graph goes: its memory, for the next step)
+            del e, q
 
-        finite = (R + g.sum((1, 2))).isfinite()                 # (N,) the rows to update
-        skipped += (~finite).sum()
-        g = torch.where(finite[:, None, None], g, 0)
-        moment1 = b1 * moment1 + (1 - b1) * g
-        moment2 = b2 * moment2 + (1 - b2) * g**2
-        del g                                   # (its memory, before the next forward)
-        psi = psi.detach() - lr * (moment1 / (1 - b1**t)) / ((moment2 / (1 - b2**t)).sqrt() + eps)
+            finite = (R + g.sum((1, 2))).isfinite()             # (N,) the rows to update
+            skipped += (~finite).sum()
+            g = torch.where(finite[:, None, None], g, 0)
+            moment1 = b1 * moment1 + (1 - b1) * g
+            moment2 = b2 * moment2 + (1 - b2) * g**2
+            del g                                # (its memory, before the next forward)
+            psi = psi.detach() - lr * (moment1 / (1 - b1**t)) / ((moment2 / (1 - b2**t)).sqrt() + eps)
 
     return psi, skipped
 
@@ -315,6 +404,9 @@ def make_denoiser(model, prompts, K, L):
     prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
 
     def denoiser(y):
+        expect(y.shape == (K * len(prompts), L), f"denoiser: y must be ({K * len(prompts)}, {L}), "
+               f"K = {K} rows for each of its {len(prompts)} prompts, got {tuple(y.shape)}: one "
+               "seed per prompt")
         ids = [torch.cat([prompt, y_i], 1) for prompt, y_i in zip(prompts, y.split(K))]
         logits = [dllm_logits(model, x, torch.ones_like(x, dtype=torch.bool), L) for x in ids]
         return torch.cat(logits).float()
@@ -323,10 +415,12 @@ def make_denoiser(model, prompts, K, L):
 
 
 def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, on_step=None):
-    """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates.
-    denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it.
-    A prompt's rows draw from generators of its seed alone. y0: the start (default: all masked).
-    on_step(k, y, likely) follows a step that reveals; likely: the unguided argmax where masked."""
+    """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates per step
+    (T,). denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it;
+    embedding (V, d): E^R. A prompt's rows draw from generators of its seed alone. y0: the start
+    (default: all masked). on_step(k, y, likely) follows a step that reveals; likely: the unguided
+    argmax where masked. Logits that are not numbers (NaN, +inf) are refused after the loop,
+    naming the step (nothing is read back inside it)."""
     expect(seeds and all(type(s) is int and 0 <= s < 2**63 for s in seeds),
            f"seeds must be a list of ints in [0, 2**63), got {seeds!r}")
     device = embedding.device
@@ -336,7 +430,8 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
     gen_x = [torch.Generator(device).manual_seed(s) for s in seeds]
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]   # guidance's own
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
-    skipped = torch.zeros((), dtype=torch.long, device=device)
+    skipped = torch.zeros(cfg.T, dtype=torch.long, device=device)
+    broken = torch.zeros(cfg.T, dtype=torch.bool, device=device)   # steps whose logits are NaN
 
     for k in range(cfg.T):
         if counts[k] == 0:                      # nothing to reveal: the step is skipped
@@ -345,16 +440,16 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
         idx = (y != mask_id).int().argsort(dim=1, stable=True)[:, :m]   # (N, m)
 
         # line 1: the denoiser's logits at the masked positions
-        logits = masked_logits(denoiser, y, idx, mask_id)     # (N, m, V)
+        logits = masked_logits(denoiser, y, idx, mask_id, embedding.shape[0])   # (N, m, V)
         q = torch.softmax(logits / cfg.temperature, -1)       # the unguided step
+        broken[k] = q.isnan().any()
         order = confidence(cfg.remasking, q, cfg.top_p, gen_x)     # line 5 ranks by it
 
         # lines 2-3: guidance moves psi, and q with it
         if cfg.guided and k % cfg.guide_every == 0:
             del q                               # (its memory, for the guided step)
-            psi, s = guide(logits, y, idx, reward, embedding, gen_guide, cfg.method, cfg.M,
-                           cfg.lr, cfg.temperature, cfg.top_p, cfg.entropy_from)
-            skipped += s
+            psi, skipped[k] = guide(logits, y, idx, reward, embedding, gen_guide, cfg.method,
+                                    cfg.M, cfg.lr, cfg.temperature, cfg.top_p, cfg.entropy_from)
             q = torch.softmax(psi / cfg.temperature, -1)
 
         # line 4: the candidates x0 ~ top-p(q)
@@ -368,15 +463,23 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
         if on_step:
             on_step(k, y, y.scatter(1, idx, logits.argmax(-1)))
 
+    if broken.any():                            # (the one read, after the loop)
+        raise FloatingPointError(f"denoiser: its logits at step {int(broken.int().argmax())} "
+                                 "(from 0) are not numbers (NaN or inf): tokens drawn from them "
+                                 "would be noise")
     return y, skipped
 
 
-def masked_logits(denoiser, y, idx, mask_id):
-    """Line 1: the logits (N, m, V) at the masked positions idx (N, m), the mask never proposed."""
-    logits = denoiser(y)
-    expect(logits.shape[:2] == y.shape, f"denoiser gave {tuple(logits.shape)}, not (N, L, V)")
-    logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    if mask_id < logits.shape[-1]:
+def masked_logits(denoiser, y, idx, mask_id, V):
+    """Line 1: the logits (N, m, V), float32, at the masked positions idx (N, m), the mask never
+    proposed. The denoiser runs without autograd: its model stays frozen."""
+    with torch.no_grad():
+        logits = denoiser(y)
+    expect(torch.is_tensor(logits) and logits.is_floating_point() and logits.shape == (*y.shape, V),
+           f"denoiser gave {shape(logits)}, not float logits (N, L, V) = "
+           f"{(*y.shape, V)}: N = len(seeds) x K, V = len(embedding)")
+    logits = f32(logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, V)))
+    if mask_id < V:
         logits[..., mask_id] = -math.inf
     return logits
 
@@ -392,6 +495,7 @@ def confidence(rule, q, top_p, generator):
         return -entropy(q)
     if rule == "random":
         return uniform(q.shape[:-1], generator, q.device)
+    q = f32(q)
     kept = torch.where(q >= nucleus(q, top_p)[2], q, 0)
     kept = kept / kept.sum(-1, keepdim=True)                   # q after top-p, as Dream's
     top2 = kept.topk(2, -1).values
@@ -471,12 +575,16 @@ def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
 
 import argparse
 import contextlib
+import csv
 import errno
+import hashlib
 import html
+import io
 import json
 import re
 import stat
 import sys
+import tempfile
 import time
 import warnings
 import weakref
@@ -559,6 +667,27 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=E.device)
     valid = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=E.device) > 0
     return rm_score(rm, E[ids], valid)              # left-padded: the last position is real
+
+
+@torch.no_grad()
+def loglik_texts(lm, lm_tokenizer, prompts, responses):
+    """The causal LM's reward on text: the mean log-likelihood of each response, tokenized by the
+    LM's own tokenizer, and of the chat suffix after it, given the chat prefix (the authors'
+    compute_discrete_reward_ar; the three parts tokenized apart, as the guided reward reads them)."""
+    prefixes, suffixes = rm_slots(lm_tokenizer, prompts)
+    device = lm.get_input_embeddings().weight.device
+    R = []
+    for prefix, suffix, response in zip(prefixes, suffixes, responses):
+        reply = lm_tokenizer(response, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prefix + reply + suffix], device=device)
+        lp = torch.log_softmax(lm(input_ids=ids).logits[0, len(prefix) - 1:-1].float(), -1)
+        R.append(lp.gather(-1, ids[0, len(prefix):, None]).mean())
+    return torch.stack(R)
+
+
+def text_reward(rm):
+    """How a reward model scores a text: a classifier's score, or a causal LM's log-likelihood."""
+    return score_texts if isinstance(getattr(rm, "score", None), torch.nn.Linear) else loglik_texts
 
 
 # -----------------------------------------------------------------------------
@@ -802,28 +931,42 @@ def load_dllm(name_or_path, device="cpu", dtype="auto", opened=None):
     weights_dtype = dtype_kwarg(pick_dtype(device, dtype))
     model, info = loaded(name_or_path, "weights", lambda: model_class.from_pretrained(
         path, config=config, key_mapping=mapping, output_loading_info=True, **weights_dtype))
-    missing = sorted(info["missing_keys"])
-    unexpected = sorted(info["unexpected_keys"])
-
-    if missing or unexpected:
-        raise InputError(f"{name_or_path!r} does not hold {kind}'s weights: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
-
+    strict(name_or_path, f"{kind}'s", info)
     return bidirectional(model.to(device)).eval().requires_grad_(False), tokenizer
 
 
-def open_reward_model(name_or_path):
+def strict(name, whose, info):
+    """Every weight of the checkpoint used and every weight of the class found, as transformers'
+    loading reports them (it fills a missing one at random and drops an unexpected one)."""
+    missing = sorted(info["missing_keys"])
+    unexpected = sorted(info["unexpected_keys"])
+    if missing or unexpected:
+        raise InputError(f"{name!r} does not hold {whose} weights: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+
+
+# --reward -> the architectures it takes
+REWARDS = {"score": "ForSequenceClassification", "loglik": "ForCausalLM"}
+
+
+def open_reward_model(name_or_path, reward="score", flag="--reward-model"):
     """What loading a reward model needs before its weights, every check made: (path, config.json,
-    tokenizer)."""
+    tokenizer). reward: score (a one-label sequence classifier) or loglik (a causal LM)."""
     from transformers import AutoTokenizer
     path, raw = resolve(name_or_path)
+    architectures = raw.get("architectures") or []
+    kinds = [k for k, tail in REWARDS.items() if any(a.endswith(tail) for a in architectures)]
     labels = raw.get("num_labels") or len(raw.get("id2label") or {0: ""})
+    what = f"{name_or_path!r} ({', '.join(architectures) or raw.get('model_type')})"
 
-    if not any(k.endswith("ForSequenceClassification") for k in raw.get("architectures") or []):
-        raise InputError(f"{name_or_path!r} is no sequence-classification reward model (its "
-                         f"config.json names {raw.get('architectures')}, model_type "
-                         f"{raw.get('model_type')!r})")
-    if labels != 1:
+    names = {"score": "a sequence classifier", "loglik": "a causal LM"}
+    if reward not in kinds and kinds and flag == "--reward-model":
+        raise InputError(f"{flag} {what} is {names[kinds[0]]}: pass --reward {kinds[0]} to guide "
+                         f"by its {'score' if kinds[0] == 'score' else 'log-likelihood'}")
+    if reward not in kinds:
+        raise InputError(f"{flag} {what} is not {names[reward]} ({REWARDS[reward]}): a reward "
+                         f"model {'with --reward loglik ' if reward == 'loglik' else ''}is one")
+    if reward == "score" and labels != 1:
         raise InputError(f"the reward model {name_or_path!r} has {labels} labels, not one score")
 
     tokenizer = loaded(name_or_path, "tokenizer", lambda: AutoTokenizer.from_pretrained(path))
@@ -840,17 +983,18 @@ def open_reward_model(name_or_path):
     return path, raw, tokenizer
 
 
-def load_reward_model(name_or_path, device="cpu", dtype="auto", opened=None):
-    """Any sequence-classification reward model with one label, a linear score head and a chat
-    template: (model, tokenizer), frozen. opened: what open_reward_model gave, if called already."""
-    from transformers import AutoModelForSequenceClassification
-    path, _, tokenizer = opened or open_reward_model(name_or_path)
-    weights_dtype = dtype_kwarg(pick_dtype(device, dtype))
-    classifier = AutoModelForSequenceClassification
-    model = loaded(name_or_path, "weights",
-                   lambda: classifier.from_pretrained(path, **weights_dtype))
+def load_reward_model(name_or_path, device="cpu", dtype="auto", opened=None, reward="score"):
+    """A reward model with a chat template, (model, tokenizer), frozen: a one-label sequence
+    classifier with a linear score head (reward="score"), or a causal LM ("loglik"), every weight
+    found and used. opened: what open_reward_model gave, if called already."""
+    import transformers as tf
+    path, _, tokenizer = opened or open_reward_model(name_or_path, reward)
+    auto = tf.AutoModelForSequenceClassification if reward == "score" else tf.AutoModelForCausalLM
+    model, info = loaded(name_or_path, "weights", lambda: auto.from_pretrained(
+        path, output_loading_info=True, **dtype_kwarg(pick_dtype(device, dtype))))
+    strict(name_or_path, f"a {type(model).__name__}'s", info)
 
-    if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+    if reward == "score" and not isinstance(getattr(model, "score", None), torch.nn.Linear):
         raise InputError(f"the reward model {name_or_path!r} ({type(model).__name__}) has no "
                          "linear `score` head on its last position, as Llama's, Qwen's and "
                          "Gemma's classifiers have")
@@ -922,26 +1066,51 @@ class WriteError(OSError):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="entrgi.py", description="EntRGi: steer a diffusion LM with a "
-                                "reward model. Start with `python -m toy` (any CPU, seconds).")
+                                "reward model. Start with `python -m toy` (any CPU, seconds).",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     input_flags(p.add_argument_group("prompts, models and files").add_argument)
     method_flags(p.add_argument_group("the method (the paper's symbols)").add_argument)
     run_flags(p.add_argument_group("the machine and the benchmark").add_argument)
     return p, p.parse_args(argv)
 
 
+EPILOG = """environment variables read:
+  OMP_NUM_THREADS     torch's CPU threads (unset: one per core that other work leaves free, said
+                      at the start)
+  ENTRGI_HUB_WAIT     seconds the hub may take to answer before a download is given up (30)
+  HF_HUB_OFFLINE=1    no hub: models from local folders or the hub's cache only
+  HF_ENDPOINT, HF_HOME  the hub's address; where its downloads are kept
+  WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE  set by torchrun: one process per GPU
+  CUBLAS_WORKSPACE_CONFIG  set to :4096:8 by --deterministic where unset (cuBLAS's rule)
+
+benchmark presets (random weights; GiB: the weights and E^R, bfloat16 on CUDA, float32 on a CPU):
+  real       Dream-v0-Instruct-7B + Qwen3-1.7B (Skywork-Reward-V2-Qwen3-1.7B's body): 18.0, 35.9
+  real-0.6b  Dream-v0-Instruct-7B + Qwen3-0.6B: 15.6, 31.2
+  llada      LLaDA-8B-Instruct + Qwen3-1.7B: 18.6, 37.2
+  small      |V| = 32768, 4 layers, widths 512 and 384: 0.1, 0.3
+  tiny       the tests' models: |V| = 384 and 360, 2 layers of width 64
+  (the reward model: a one-label classifier, or with --reward loglik a causal LM; with
+  --benchmark-layers 2 on a CPU, real takes 8.5 GiB)
+"""
+
+
 def input_flags(add):
     add("--prompt", help="the user prompt")
-    add("--prompts-file", help="many prompts, needs --output: JSON lines (one object per line, any "
-        "file name), a .json array of objects, or text, one prompt per line")
-    add("--prompt-field", default="prompt",
-        help="the field of a JSON prompts file that holds the prompt (default: %(default)s)")
+    add("--prompts-file", help=f"many prompts, needs --output: {FORMATS}")
+    add("--prompt-field", default="prompt", help="the field (JSON) or column (CSV, TSV) of a "
+        "prompts file that holds the prompt (default: %(default)s)")
     add("--batch-size", type=int, default=1,
         help=f"prompts per batch (each prompt: K rows), in [1, {2**16}] (default: %(default)s)")
     add("--dllm", default="Dream-org/Dream-v0-Instruct-7B",
         help="diffusion LM, Dream or LLaDA: hub name or folder (default: %(default)s)")
-    add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B",
-        help="reward model: hub name or folder (default: %(default)s)")
-    add("--score-model", help="a second reward model, an independent judge of the final texts")
+    add("--reward", choices=list(REWARDS), default="score", help="score: a sequence classifier's "
+        "score (the paper's); loglik: a causal LM's mean log-likelihood of the response, the "
+        "authors' second reward (default: %(default)s)")
+    add("--reward-model", default="Skywork/Skywork-Reward-V2-Qwen3-1.7B", help="reward model: hub "
+        "name or folder, a ...ForSequenceClassification (--reward score) or a ...ForCausalLM "
+        "with a chat template (--reward loglik), such as Qwen/Qwen3-0.6B (default: %(default)s)")
+    add("--score-model", help="a sequence-classification reward model, an independent judge of "
+        "the final texts")
     add("--output", help="FILE.jsonl: one line per prompt and method as each finishes; the same "
         "command again resumes")
     add("--trace", help="with --prompt: FILE.html, a self-contained page of the denoising")
@@ -979,16 +1148,15 @@ def method_flags(add):
 
 
 def run_flags(add):
-    add("--device", help="cpu, cuda or cuda:N (default: cuda where there is one); on a CPU torch "
-        "runs a thread per core, OMP_NUM_THREADS=N sets another number")
+    add("--device", help="cpu, cuda or cuda:N (default: cuda where there is one)")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 on CUDA, float32 on a CPU (default: %(default)s)")
     add("--compile", action="store_true", help="torch.compile both models' forwards (pays on a "
         "GPU; compiling takes minutes at the real size)")
     add("--deterministic", action="store_true", help="CUDA: deterministic kernels only (the same "
         "command gives the same tokens on the same GPU; attention runs its plain math kernel)")
-    add("--benchmark", choices=list(PRESETS),
-        help="time a guided step of random models of a preset's sizes")
+    add("--benchmark", choices=list(PRESETS), help="time a guided step of random models of a "
+        "preset's sizes (below); refused where the device lacks the memory")
     add("--benchmark-steps", type=int, default=3,
         help="repetitions of each timing, in [1, 1000] (default: %(default)s)")
     add("--benchmark-layers", type=int,
@@ -1041,17 +1209,22 @@ def generate(models, prompts, seeds, cfg, on_step=None, judge=None):
     """K responses for each prompt scored on text by the reward model (and a judge, (model,
     tokenizer), if given): one result dict per prompt. top1_score: the judge's score of the
     best_response, the one R ranks first."""
-    dllm, tok, rm, rm_tok, embedding = models
+    dllm, tok, rm, rm_tok, vocab, embedding = models
     eos = end_ids(tok)
     prompt_ids = [dllm_prompt_ids(tok, p) for p in prompts]
     denoiser = make_denoiser(dllm, prompt_ids, cfg.K, cfg.L)
-    reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
+    score = text_reward(rm)
+    if score is score_texts:
+        reward = make_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, stripped_ids(tok, rm_tok))
+    else:
+        reward = make_loglik_reward(rm, *rm_slots(rm_tok, prompts), cfg.K, eos, vocab)
     mask_id = tok.mask_token_id
     y, skipped = sample(denoiser, reward, embedding, seeds, mask_id, eos, cfg, on_step=on_step)
 
-    if skipped.item():
-        warnings.warn(f"{skipped.item()} guidance updates skipped: the reward or its "
-                      "gradient was not finite")
+    if skipped.any():
+        steps = skipped.nonzero().flatten().tolist()
+        warnings.warn(f"{int(skipped.sum())} guidance updates skipped at steps {steps} (from 0): "
+                      "the reward or its gradient was not finite")
 
     texts = decode(tok, y, eos)
     results = []
@@ -1059,7 +1232,7 @@ def generate(models, prompts, seeds, cfg, on_step=None, judge=None):
     for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
         responses = texts[i * cfg.K:(i + 1) * cfg.K]
         # per prompt: no batch-mates' padding
-        R = score_texts(rm, rm_tok, [prompt] * cfg.K, responses).tolist()
+        R = score(rm, rm_tok, [prompt] * cfg.K, responses).tolist()
         best = R.index(max(R))
         scored = [{"text": t, "reward": r} for t, r in zip(responses, R)]
         results.append({"method": cfg.method, "seed": seed, "responses": scored,
@@ -1217,24 +1390,34 @@ show(steps.length - 1);
 """
 
 
+# the prompts files read (--help, and each refusal, name them)
+FORMATS = ("JSON lines (an object a line), a JSON array of objects or of strings, CSV or TSV with a "
+           "header row naming the prompt column, or text (a prompt a line)")
+
+
 def read_prompts(path, field="prompt"):
-    """Prompt records from a prompts file: JSON lines (one object per line, its prompt in `field`,
-    its other fields kept), by the name (.jsonl, .ndjson, .json, any case) or by the content (every
-    line an object); a .json file holding one array of objects; or text, one prompt per line, as
-    {field: line}. A file mixing objects and text lines is refused. A byte-order mark and CRLF
-    line ends are no part of any prompt."""
+    """Prompt records from a prompts file in one of FORMATS: JSON lines by the name (.jsonl,
+    .ndjson, .json, any case) or by the content (every line an object), the prompt in `field`,
+    the other fields kept; a JSON array; CSV or TSV by the name (.csv, .tsv) or by a first line
+    of names, one of them `field` (a header row is never a prompt); else text, as {field: line}.
+    A file mixing objects and text lines is refused. A byte-order mark and CRLF line ends are
+    no part of any prompt."""
     try:
-        with open(path, encoding="utf-8-sig") as f:       # utf-8-sig: without a byte-order mark
+        with open(path, encoding="utf-8-sig", newline="") as f:   # utf-8-sig: no byte-order mark
             text = f.read()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --prompts-file {path!r}: {err}") from None
 
-    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     objects = [n for n, line in lines if isinstance(json_or_none(line), dict)]
     whole = json_or_none(text)
     whole = [whole] if isinstance(whole, dict) else whole
-    if isinstance(whole, list) and whole and all(isinstance(r, dict) for r in whole):
-        numbered = [(f"item {i}", record) for i, record in enumerate(whole, 1)]
+    delimiter = table_delimiter(path, lines[0][1] if lines else "", field)
+    if isinstance(whole, list):
+        strings = all(isinstance(r, str) for r in whole)
+        numbered = [(f"item {i}", {field: r} if strings else r) for i, r in enumerate(whole, 1)]
+    elif delimiter:
+        numbered = table_rows(path, text, field, delimiter)
     elif path.lower().endswith((".jsonl", ".ndjson", ".json")) or len(objects) == len(lines):
         numbered = [(f"line {n}", json_or_none(line)) for n, line in lines]
     elif objects:
@@ -1250,6 +1433,36 @@ def read_prompts(path, field="prompt"):
     return records
 
 
+def table_delimiter(path, first, field):
+    """The delimiter of a CSV or TSV prompts file, by its name or by its first line (names only,
+    one of them `field`: a header row); None for other files."""
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        if path.lower().endswith(suffix):
+            return delimiter
+    for delimiter in ("\t", ","):
+        cells = next(csv.reader([first], delimiter=delimiter))
+        if field in cells and all(re.fullmatch(r"[\w.-]+", cell) for cell in cells):
+            return delimiter
+    return None
+
+
+def table_rows(path, text, field, delimiter):
+    """The rows of a CSV or TSV prompts file (the standard library's csv reads it) under its
+    header row: [(where, {column: value})]."""
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    header = reader.fieldnames or []
+    if field not in header:
+        raise InputError(f"{path}: its header row ({', '.join(header)}) names no {field!r} column: "
+                         "name the prompt column there, or pass --prompt-field")
+    rows = []
+    for row in reader:
+        if None in row or None in row.values():
+            raise InputError(f"{path} line {reader.line_num}: {len(header)} columns in the header, "
+                             "another number in this row: quote values that hold the delimiter")
+        rows.append((f"line {reader.line_num}", row))
+    return rows
+
+
 def json_or_none(text):
     try:
         return json.loads(text)
@@ -1261,8 +1474,8 @@ def prompt_record(path, where, record, field):
     """A line (or an array's item) of a prompts file, checked: a JSON object with a text prompt in
     `field` and no field named like one a result adds."""
     if not isinstance(record, dict):
-        raise InputError(f"{path} {where} is not a JSON object: a JSON prompts file holds one "
-                         "object per line")
+        raise InputError(f"{path} {where} is not a JSON object (nor, in an array of strings, a "
+                         f"string): the prompts files read are {FORMATS}")
     if field not in record:
         raise InputError(f'{path} {where} has no prompt: it needs a non-empty "{field}" '
                          'field (--prompt-field)')
@@ -1331,46 +1544,56 @@ def regular_file(path):
 
 
 def read_output(path, prompts, field, settings):
-    """The (index, method) pairs that an earlier run of this command wrote to `path`, and the byte
-    length of its whole lines (a line without its newline was never finished). Refuses a file this
-    command did not write."""
-    # a pipe, /dev/stdout: written to, never read back
-    if not regular_file(path):
-        return set(), 0
-
+    """--output as one run's ledger: the (index, method) pairs an earlier run of this command wrote,
+    the byte length of its whole lines (a line without its newline was never finished), and
+    whether a summary follows the last result. Refused, naming the lines: a file with lines of
+    two runs, of another command (prompts, settings or weights), or with a result twice."""
+    if not regular_file(path):                           # a pipe, /dev/stdout: never read back
+        return set(), 0, False
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
     except FileNotFoundError:
-        return set(), 0
+        return set(), 0, False
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read --output {path!r} to resume from it: {err}") from None
 
     whole = text[: text.rfind("\n") + 1]
-    done = set()
-
+    done = {}                                            # (index, method) -> its line
+    first = None                                         # the first line and its settings
+    summarized = False
     for n, line in enumerate(whole.splitlines(), 1):
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            r = None
-        i = r.get("index") if isinstance(r, dict) else None
-        if isinstance(r, dict) and "summary" in r:
+        r = json_or_none(line)
+        r = r.get("summary", r) if isinstance(r, dict) else {}
+        i = r.get("index")
+        summarized = "table" in r
+        if not isinstance(r.get("settings"), dict) or not summarized and not (
+                type(i) is int and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
+                and r.get("method") in METHODS):
+            raise InputError(f"--output {path!r} line {n} was not written by this command (it is "
+                             "no result of this prompts file): pass another --output")
+        first = first or (n, r["settings"])
+        if r["settings"] != first[1]:
+            differs(path, f"lines {first[0]} and {n} come from two runs", first[1], r["settings"])
+        if r["settings"] != settings:
+            differs(path, f"line {n} was written with other settings than this command's", settings,
+                    r["settings"])
+        if summarized:
             continue
-        if isinstance(r, dict) and isinstance(r.get("settings"), dict) and r["settings"] != settings:
-            names = sorted(set(settings) | set(r["settings"]))
-            key = next(k for k in names if r["settings"].get(k) != settings.get(k))
-            raise InputError(f"--output {path!r} line {n} was written with {key} = "
-                             f"{r['settings'].get(key)!r}, this command has {key} = "
-                             f"{settings.get(key)!r}: refusing to mix them; pass another --output")
-        if not (isinstance(i, int) and 0 <= i < len(prompts) and r.get(field) == prompts[i][field]
-                and r.get("method") in METHODS and r.get("settings") == settings):
-            raise InputError(f"--output {path!r} line {n} was not written by this command "
-                             "(another prompts file or other settings): refusing to append to "
-                             "it; pass another --output")
-        done.add((i, r["method"]))
+        if (i, r["method"]) in done:
+            raise InputError(f"--output {path!r} lines {done[i, r['method']]} and {n} both hold "
+                             f"prompt {i}'s {r['method']} result: it is no one run's ledger; "
+                             "pass another --output")
+        done[i, r["method"]] = n
 
-    return done, len(whole.encode("utf-8"))
+    return set(done), len(whole.encode("utf-8")), summarized
+
+
+def differs(path, what, ours, theirs):
+    """Refuses --output, saying `what` and the first setting that differs."""
+    key = next(k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k))
+    raise InputError(f"--output {path!r}: {what} ({key} = {theirs.get(key)!r}, not "
+                     f"{ours.get(key)!r}): refusing to mix them; pass another --output")
 
 
 def append_line(path, record):
@@ -1390,18 +1613,40 @@ def append_line(path, record):
 
 
 def write_page(path, text, flag="--trace"):
-    """The --trace page (or the benchmark's JSON), all or nothing: written to a temporary file,
-    then renamed; the temporary file does not outlive a failure or an interruption."""
+    """The --trace page (or the benchmark's JSON), all or nothing: written to a new temporary file
+    beside it (never one that exists, nor a link), then renamed over it; the temporary file does
+    not outlive a failure or an interruption."""
+    temporary = None
     try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        fd, temporary = tempfile.mkstemp(".tmp", os.path.basename(path) + ".",
+                                         os.path.dirname(os.path.abspath(path)))
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(path + ".tmp", path)
+        os.chmod(temporary, 0o666 & ~umask())
+        os.replace(temporary, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
+        with contextlib.suppress(OSError, TypeError):
+            os.remove(temporary)
         if not isinstance(err, OSError):
             raise
         raise WriteError(f"cannot write {flag} {path!r}: {err.strerror or err}") from None
+
+
+def umask():
+    """The process's file mode mask (read by setting it, then set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def followed(path):
+    """path, or, where it is a symbolic link to a file (or to a name to create), the file it leads
+    to: every write (the output, the page, its temporary file, the lock) reaches the target and
+    never replaces the link. A link to a device or a pipe (/dev/stdout) is written through."""
+    if path is None or not os.path.islink(path):
+        return path
+    target = os.path.realpath(path)
+    return target if os.path.isfile(target) or not os.path.exists(path) else path
 
 
 def check_run(args):
@@ -1424,11 +1669,14 @@ def check_run(args):
     for path, flag in named:
         if not path.strip():
             raise InputError(f"{flag} names no file: pass a file name")
-    first, flag = named[0] if named else ("", "")
-    same = [other for path, other in named[1:] if os.path.realpath(path) == os.path.realpath(first)]
-    if same:
-        raise InputError(f"{flag} and {same[0]} name the same file {first!r}: pass two files")
-    for path, flag in files[:2]:
+    for j, (first, flag) in enumerate(named):
+        same = [other for path, other in named[j + 1:]
+                if os.path.realpath(path) == os.path.realpath(first)]
+        if same:
+            raise InputError(f"{flag} and {same[0]} name the same file {first!r}: pass two files")
+    args.output = followed(args.output)
+    args.trace = followed(args.trace)
+    for path, flag in ((args.output, "--output"), (args.trace, "--trace")):
         if path:
             check_writable(path, flag)
 
@@ -1443,7 +1691,7 @@ def check_run(args):
     settings = {k: v for k, v in asdict(cfgs[0]).items() if k != "method"}
     # one spelling a folder
     where = lambda name: os.path.realpath(name) if name and os.path.isdir(name) else name
-    settings.update(dllm=where(args.dllm), reward_model=where(args.reward_model),
+    settings.update(dllm=where(args.dllm), reward=args.reward, reward_model=where(args.reward_model),
                     score_model=where(args.score_model), dtype=args.dtype,
                     prompt_field=args.prompt_field, batch_size=args.batch_size,
                     compile=args.compile, deterministic=args.deterministic)
@@ -1574,9 +1822,9 @@ def agree(world, error):
         raise error
 
 
-def summarize(args, results, prompts, settings, new, seconds):
+def summarize(args, results, prompts, settings, new, seconds, append=True):
     """Every result so far (with --output, the file's): each method's mean Top@1 and Avg@N,
-    appended, then printed."""
+    appended (where `append`), then printed."""
     if args.output and regular_file(args.output):
         with open(args.output, encoding="utf-8") as f:
             results = [r for r in map(json.loads, f) if "summary" not in r]
@@ -1587,7 +1835,7 @@ def summarize(args, results, prompts, settings, new, seconds):
              for method, rs in rows.items() if rs}
 
     # before printing: a reader gone from stdout loses nothing
-    if args.output:
+    if args.output and append:
         append_line(args.output, {"summary": {
             "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
             "seconds_per_result": seconds / new if new else None, "table": table}})
@@ -1636,15 +1884,18 @@ def run(args):
 def run_checked(args, cfgs, prompts, settings, device, world, rank):
     """`run` after the checks, with --output held."""
     error = None
+    summarized = False
     try:
+        opened = open_models(args, prompts)
+        settings.update(identities(opened))
         done = set()                                     # (index, method) pairs already written
         whole = 0                                        # the bytes of their whole lines
         if args.output:
-            done, whole = read_output(args.output, prompts, args.prompt_field, settings)
+            done, whole, summarized = read_output(args.output, prompts, args.prompt_field, settings)
         if args.trace and done:
             raise InputError(f"--output {args.output!r} holds this run already: to trace it, "
                              "pass another --output")
-        models, judge = load_models(args, prompts, device)
+        models, judge = load_models(args, opened, device)
     except InputError as err:
         error = err
     agree(world, error)
@@ -1668,8 +1919,9 @@ def run_checked(args, cfgs, prompts, settings, device, world, rank):
         torch.distributed.all_reduce(new)                # NCCL reduces CUDA tensors, gloo CPU ones
     error = None
     try:
-        if rank == 0:
-            summarize(args, results, prompts, settings, int(new), time.perf_counter() - start)
+        if rank == 0:                                    # a finished ledger is left as it is
+            summarize(args, results, prompts, settings, int(new), time.perf_counter() - start,
+                      append=bool(int(new)) or not summarized)
     except WriteError as err:
         error = err
     agree(world, error)
@@ -1677,20 +1929,52 @@ def run_checked(args, cfgs, prompts, settings, device, world, rank):
         leave(0)
 
 
-def load_models(args, prompts, device):
+def open_models(args, prompts):
     """Every model folder checked, and every prompt against the models' positions, before any
-    weights load; then the weights: ((dllm, tokenizer, rm, its tokenizer, E^R), judge or None)."""
+    weights: what open_dllm and open_reward_model give for the dLLM, the reward model and the
+    judge (None without one)."""
+    opened = open_dllm(args.dllm)
+    rm_opened = open_reward_model(args.reward_model, args.reward)
+    judge = args.score_model and open_reward_model(args.score_model, "score", "--score-model")
+    check_fits(opened, rm_opened, [r[args.prompt_field] for r in prompts], args.max_new_tokens)
+    return opened, rm_opened, judge or None
+
+
+def identities(opened):
+    """Each model's identity for the ledger: its folder's `fingerprint`."""
+    names = ("dllm_sha256", "reward_model_sha256", "score_model_sha256")
+    return {name: fingerprint(o[0]) if o else None for name, o in zip(names, opened)}
+
+
+def fingerprint(path):
+    """A model folder's identity: SHA-256 (16 hex digits) of its configuration, tokenizer and weight
+    index files and of each weight file's name, size, first and last MiB (its header and tensors):
+    the same for the hub's snapshot of one revision wherever it lies, another for new weights."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        with open(os.path.join(path, name), "rb") as f:
+            if name.endswith((".json", ".txt", ".jinja", ".model")):
+                digest.update(name.encode() + b"\0" + f.read())
+            elif name.endswith((".safetensors", ".bin")):
+                size = os.fstat(f.fileno()).st_size
+                digest.update(f"{name}\0{size}\0".encode() + f.read(2**20))
+                f.seek(max(0, size - 2**20))
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def load_models(args, opened, device):
+    """The weights, once the device has the memory the run needs: ((dllm, tokenizer, rm, its
+    tokenizer, the vocabulary map, E^R), judge or None)."""
+    dllm_opened, rm_opened, judge_opened = opened
     warn_slow_dtype(device, args.dtype)
     if args.steps > args.max_new_tokens:
         print(f"entrgi.py: note: T = {args.steps} steps for L = {args.max_new_tokens} tokens: the "
               "steps that reveal nothing are skipped", file=sys.stderr)
-    opened = open_dllm(args.dllm)
-    rm_opened = open_reward_model(args.reward_model)
-    judge_opened = open_reward_model(args.score_model) if args.score_model else None
-    check_fits(opened, rm_opened, [r[args.prompt_field] for r in prompts], args.max_new_tokens)
+    check_memory(args, opened, device)
 
-    dllm, tok = load_dllm(args.dllm, device, args.dtype, opened)
-    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype, rm_opened)
+    dllm, tok = load_dllm(args.dllm, device, args.dtype, dllm_opened)
+    rm, rm_tok = load_reward_model(args.reward_model, device, args.dtype, rm_opened, args.reward)
     judge = None
     if judge_opened:
         judge = load_reward_model(args.score_model, device, args.dtype, judge_opened)
@@ -1698,7 +1982,53 @@ def load_models(args, prompts, device):
         compile_models(dllm, rm)
     vocab = vocab_map(tok, rm_tok, dllm.config.vocab_size)[0].to(device)
     embedding = rm.get_input_embeddings().weight[vocab]                 # E^R in the dLLM's order
-    return (dllm, tok, rm, rm_tok, embedding), judge
+    return (dllm, tok, rm, rm_tok, vocab, embedding), judge
+
+
+STEP_TENSORS = 8      # (N, L, V) float32 tensors the first step holds at its peak, at least (the trace: 9.8)
+
+
+def check_memory(args, opened, device):
+    """A run that needs more memory than `device` has free, refused before any weight loads: its
+    weights in the run's dtype, E^R and the first step's (N, L, V) tensors (STEP_TENSORS of them,
+    N = --batch-size x --samples rows), a need known in advance (at least: activations aside)."""
+    free = free_memory(device)
+    size = torch.empty((), dtype=pick_dtype(device, args.dtype)).element_size()
+    weights = size * sum(parameters(o[0]) for o in opened if o)
+    config = opened[0][2]
+    N = args.batch_size * args.samples
+    step = STEP_TENSORS * N * args.max_new_tokens * config.vocab_size * 4
+    need = weights + step + size * config.vocab_size * opened[1][1].get("hidden_size", 0)
+    if free is not None and need > free:
+        gib = lambda n: f"{n / 2**30:.1f} GiB"
+        raise InputError(f"the run needs at least {gib(need)} on {device}, which has {gib(free)} "
+                         f"free: the weights {gib(weights)} in {str(pick_dtype(device, args.dtype))[6:]}, "
+                         f"the first step's tensors {gib(step)} (N = {N} rows x L = "
+                         f"{args.max_new_tokens}); lower --batch-size, --samples or "
+                         "--max-new-tokens, or use a device with more memory")
+
+
+def parameters(path):
+    """The number of weights in a model folder's .safetensors files, read from their headers."""
+    n = 0
+    for name in os.listdir(path):
+        if name.endswith(".safetensors"):
+            with open(os.path.join(path, name), "rb") as f:
+                header = safetensors_header(f)
+            n += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return n
+
+
+def free_memory(device):
+    """Bytes free on `device`: CUDA's count; on a CPU the system's MemAvailable (Linux), times
+    nothing else; None where it cannot be read."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def join_processes(device):
@@ -1741,6 +2071,18 @@ def warn_slow_dtype(device, dtype):
     if torch.device(device).type == "cpu" and dtype in ("bfloat16", "float16"):
         print(f"entrgi.py: warning: --dtype {dtype} on a CPU runs many times slower than float32 "
               "(17x measured on the tests' models); leave --dtype auto there", file=sys.stderr)
+
+
+def cpu_threads(device):
+    """On a CPU where OMP_NUM_THREADS is unset: torch's threads, one per core that other work leaves
+    free (with a thread per core a loaded 2-core machine ran 3-10x slower), said in one line."""
+    if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    torch.set_num_threads(max(1, min(cores, cores - round(load))))
+    print(f"entrgi.py: note: {plural(torch.get_num_threads(), 'CPU thread')} ({cores} cores, load "
+          f"{load:.1f}; OMP_NUM_THREADS=N sets another number)", file=sys.stderr)
 
 
 def deterministic(device):
@@ -1789,6 +2131,7 @@ def main(argv=None):
 def command(args):
     """main's work: (status, the line that ends it, if any)."""
     try:
+        cpu_threads(pick_device(args.device))
         if args.deterministic:
             deterministic(pick_device(args.device))
         if args.benchmark:
@@ -1800,6 +2143,9 @@ def command(args):
         return 2, f"entrgi.py: error: {err}"
     except WriteError as err:
         return 74, f"entrgi.py: error: {err}"
+    except FloatingPointError as err:                    # NaN from a model: its dtype overflowed
+        return 2, (f"entrgi.py: error: {err}; in --dtype {args.dtype} the models' numbers "
+                   "overflowed? pass --dtype float32 (or bfloat16 in place of float16)")
     except KeyboardInterrupt:
         return 130, "\nentrgi.py: interrupted"
     except Stopped as stopped:
@@ -1826,17 +2172,22 @@ def run_benchmark(args):
     if args.output:
         check_writable(args.output, "--output")
     if args.benchmark_memory:
-        result = memory_trace(args.benchmark, cfg.K, cfg.L, cfg.M, 64, cfg.method)
+        result = memory_trace(args.benchmark, cfg.K, cfg.L, cfg.M, 64, cfg.method, reward=args.reward)
         total = result["weights_gib"] + result["embedding_gib"] + result["step_peak_gib"]
-        print(f"memory of the first step, {args.benchmark} preset, {cfg.method}, bfloat16, K = {cfg.K}, "
+        print(f"memory of the first step, {args.benchmark} preset, --reward {args.reward}, {cfg.method}, "
+              f"bfloat16, K = {cfg.K}, "
               f"L = {cfg.L} (all masked), M = {cfg.M} (fake tensors: shapes, no data): weights "
               f"{result['weights_gib']:.2f} GiB + E^R {result['embedding_gib']:.2f} GiB + the step's "
               f"peak {result['step_peak_gib']:.2f} GiB = {total:.2f} GiB of tensors")
         if args.output:
             write_page(args.output, json.dumps(result, indent=1) + "\n", "--output")
         return
+    if args.reward != "score":
+        raise InputError("--benchmark times the classifier reward (--reward score); "
+                         "--benchmark-memory traces either")
     device = pick_device(args.device)
     warn_slow_dtype(device, args.dtype)
+    check_preset_memory(args.benchmark, device, args.dtype, args.benchmark_layers)
     result = benchmark(args.benchmark, device, args.dtype, cfg.K, cfg.L, cfg.M, 64, args.benchmark_steps,
                        cfg.method, args.benchmark_layers, args.benchmark_first_step, args.compile)
     report(result)
@@ -1854,7 +2205,8 @@ def run_benchmark(args):
 SKYWORK = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
                num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, num_labels=1,
-               pad_token_id=151643)
+               pad_token_id=151643, tie_word_embeddings=True)     # Qwen3-1.7B's body
+QWEN3_06B = dict(SKYWORK, hidden_size=1024, intermediate_size=3072)
 DREAM_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                 rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False, shift_logits=True)
@@ -1875,10 +2227,32 @@ TINY_RM = dict(vocab_size=360, hidden_size=64, intermediate_size=128,
                head_dim=16, num_labels=1, pad_token_id=0)
 PRESETS = {
     "real": ("Qwen2Config", DREAM_7B, SKYWORK),
+    "real-0.6b": ("Qwen2Config", DREAM_7B, QWEN3_06B),
     "llada": ("LlamaConfig", LLADA_8B, SKYWORK),
     "small": ("Qwen2Config", SMALL_DLLM, SMALL_RM),
     "tiny": ("Qwen2Config", TINY_DLLM, TINY_RM),
 }
+
+
+def preset_weights(preset, dtype, layers=None, reward="score"):
+    """Bytes of a preset's weights and E^R in `dtype`, counted on the meta device (no memory)."""
+    dllm, rm = random_models(preset, "meta", dtype, layers, reward)
+    tensors = [*dllm.parameters(), *rm.parameters()]
+    E = dllm.config.vocab_size * rm.config.hidden_size
+    return sum(t.numel() for t in tensors) * tensors[0].element_size() + E * tensors[0].element_size()
+
+
+def check_preset_memory(preset, device, dtype, layers):
+    """--benchmark refused, before any allocation, on a device whose free memory is less than the
+    preset's weights and E^R in the benchmark's dtype."""
+    dtype = pick_dtype(device, dtype)
+    need = preset_weights(preset, dtype, layers)
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise InputError(f"--benchmark {preset} needs at least {need / 2**30:.1f} GiB on {device} "
+                         f"(its weights and E^R in {str(dtype)[6:]}), which has "
+                         f"{free / 2**30:.1f} GiB free: on a CPU, --benchmark-layers 2 keeps the "
+                         "real vocabularies, or --benchmark small; --benchmark-memory needs none")
 
 
 def peak_memory(fn, cuda):
@@ -1940,25 +2314,28 @@ class LiveBytes(TorchDispatchMode):
 
 
 def memory_trace(preset="real", K=4, L=128, M=3, P=64, method="entrgi", dtype=torch.bfloat16,
-                 fake=True):
+                 fake=True, reward="score"):
     """The first step's memory (every position masked) at a preset's full size, without the memory:
     the step runs on fake tensors (shapes and dtypes, no data: FakeTensorMode) and each tensor it
     creates is counted while it lives. GiB: the weights, E^R, the step's peak beyond them. fake=False
-    runs it on real CPU tensors (the tests compare the two)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    runs it on real CPU tensors (the tests compare the two). reward: score or loglik."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
     with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
-        dllm, rm = random_models(preset, "cpu", dtype)
+        dllm, rm = random_models(preset, "cpu", dtype, reward=reward)
         V = dllm.config.vocab_size
-        embedding = rm.get_input_embeddings().weight[torch.arange(V) % rm.config.vocab_size]
+        vocab = torch.arange(V) % rm.config.vocab_size
+        embedding = rm.get_input_embeddings().weight[vocab]
         denoiser = make_denoiser(dllm, [list(range(P))], K, L)
-        reward = make_reward(rm, [list(range(P + 12))], [list(range(5))], K, [V - 2])
+        slots = ([list(range(P + 12))], [list(range(5))])
+        reward_fn = make_reward(rm, *slots, K, [V - 2]) if reward == "score" else \
+            make_loglik_reward(rm, *slots, K, [V - 2], vocab)
         weights = [t for model in (dllm, rm) for t in (*model.parameters(), *model.buffers())]
         live = LiveBytes([*weights, embedding])
-        with live:
-            cfg = Config(method, K, T=1, L=L, M=M)
-            sample(denoiser, reward, embedding, [0], V - 1, [V - 2], cfg)
+        with live, contextlib.suppress(DataDependentOutputException):   # (fake tensors hold no
+            cfg = Config(method, K, T=1, L=L, M=M)                     # value for the check after
+            sample(denoiser, reward_fn, embedding, [0], V - 1, [V - 2], cfg)   # the loop to read)
     gib = lambda tensors: sum(t.numel() * t.element_size() for t in tensors) / 2**30
-    return {"preset": preset, "method": method, "K": K, "L": L, "M": M, "P": P,
+    return {"preset": preset, "reward": reward, "method": method, "K": K, "L": L, "M": M, "P": P,
             "dtype": str(dtype)[6:], "weights_gib": gib(weights), "embedding_gib": gib([embedding]),
             "step_peak_gib": live.peak / 2**30}
 
@@ -2010,7 +2387,7 @@ def benchmark(preset="small", device="cpu", dtype="auto", K=4, L=128, M=3, P=64,
             "compile": compile, "first_step_s": first_s, "parts_s": parts, "floor_s": sum(parts.values()),
             "total_s": total, "ratio": total / sum(parts.values()), "physical_floor_s": physical,
             "physical_ratio": total / physical, **rates, "step_flops": counts["step"]["flops"],
-            "step_vocab_bytes": counts["step"]["vocab_bytes"], "host_waits_per_step": counts["step"]["waits"],
+            "step_vocab_bytes": counts["step"]["vocab_bytes"], "host_waits_one_step_run": counts["step"]["waits"],
             "ops_per_step": counts["step"]["ops"], "ops_outside_models": outside, "top_p_draw_s": draw,
             "softmax_s": softmax, "peak_beyond_weights_gib": peak, "weights_gib": weights}
 
@@ -2059,9 +2436,9 @@ def say(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def random_models(preset, device, dtype, layers=None):
-    """A preset's dLLM and reward model with random weights (`layers` layers
-    each where asked), frozen."""
+def random_models(preset, device, dtype, layers=None, reward="score"):
+    """A preset's dLLM and reward model (a one-label classifier, or with reward="loglik" a causal
+    LM) with random weights (`layers` layers each where asked), frozen."""
     import transformers as tf
     kind, dllm_fields, rm_fields = PRESETS[preset] if isinstance(preset, str) else preset
     depth = {"num_hidden_layers": layers} if layers else {}
@@ -2070,7 +2447,8 @@ def random_models(preset, device, dtype, layers=None):
         dllm_config = getattr(tf, kind)(**{**dllm_fields, **depth})
         dllm = tf.AutoModelForCausalLM.from_config(dllm_config, **dtype_kwarg(dtype))
         rm_config = tf.Qwen3Config(**{**rm_fields, **depth})
-        rm = tf.AutoModelForSequenceClassification.from_config(rm_config, **dtype_kwarg(dtype))
+        auto = tf.AutoModelForSequenceClassification if reward == "score" else tf.AutoModelForCausalLM
+        rm = auto.from_config(rm_config, **dtype_kwarg(dtype))
     return bidirectional(dllm).eval().requires_grad_(False), rm.eval().requires_grad_(False)
 
 
@@ -2148,7 +2526,8 @@ def report(r):
     print(f"  {'guided step / physical floor':<40} {r['physical_ratio']:10.2f}   ({r['step_flops'] / 1e12:.3f} TFLOP "
           f"at {r['matmul_flop_s'] / 1e12:.2f} TFLOP/s; {r['step_vocab_bytes'] / 2**30:.2f} GiB of vocabulary "
           f"tensors at {r['copy_byte_s'] / 2**30:.1f} GiB/s)")
-    print(f"  {'host waits in a step':<40} {r['host_waits_per_step']:10d}")
+    print(f"  {'host waits in a one-step run':<40} {r['host_waits_one_step_run']:10d}   (1: the check "
+          "after the loop that every step's logits were numbers)")
     calls = f"{r['ops_per_step']:10d} {r['ops_outside_models']:6d}"
     print(f"  {'operator calls: step, outside the models':<40} {calls}")
     draw = r["top_p_draw_s"]

@@ -45,9 +45,11 @@ def test_cli_end_to_end(dream_dir, rm_dir, tmp_path):
     assert summary["table"]["entrgi"]["top1_reward"] == max(R) and summary["new_results"] == 1
     assert f"Top@1 {max(R):.4f}" in p.stderr and "Avg@3" in p.stdout and "trajectory 2: reward" in p.stdout
     assert "denoising" in p.stderr and "Traceback" not in p.stderr
+    before = out.read_text()
     again = cli("--prompt", "Write a poem about the sea", "--samples", "3", "--steps", "6", "--max-new-tokens", "8",
                 "--device", "cpu", "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
-    assert again.returncode == 0 and lines(out)[0] == [result] and lines(out)[1][-1]["new_results"] == 0   # resumed
+    assert again.returncode == 0 and out.read_text() == before             # a finished run again: the file as it was
+    assert "1 result for 1 prompt, 0 new" in again.stdout
 
 
 def test_cli_entropy_from_model_runs_and_is_recorded(dream_dir, rm_dir, tmp_path):
@@ -126,7 +128,7 @@ def test_cli_bad_models_exit_2(broken_dirs, dream_dir, rm_dir, capsys):
     no_mask, no_template = broken_dirs
     for dllm_dir, reward_dir, message in ((no_mask, rm_dir, "has no mask token"),
                                           (dream_dir, no_template, "has no chat template"),
-                                          (dream_dir, dream_dir, "is no sequence-classification reward model"),
+                                          (dream_dir, dream_dir, "(DreamModel) is not a sequence classifier"),
                                           (rm_dir, rm_dir, "is no Dream or LLaDA diffusion LM: its config.json has "
                                                            "model_type 'qwen3'")):
         with pytest.raises(SystemExit) as exit_info:

@@ -268,7 +268,8 @@ def test_a_resume_names_the_setting_that_differs_and_one_folder_is_one_setting(d
     assert "0 new" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main("--prompt", "Hello", "--output", out, "--samples", "3", dream_dir=dream_dir, rm_dir=rm_dir)
-    assert "was written with K = 2, this command has K = 3" in one_error_line(capsys, exit_info)
+    assert "line 1 was written with other settings than this command's (K = 2, not 3)" in one_error_line(
+        capsys, exit_info)
 
 
 def test_a_reward_that_is_not_a_number_ends_the_run_without_writing_nan(dream_dir, rm_dir, tmp_path, capsys):
@@ -396,8 +397,8 @@ def test_a_signal_at_any_moment_ends_in_one_line(moment, signal_name, dream_dir,
 
 WRONG_FOLDERS = [   # (which flag, how the folder is made from the test models, what the one line says)
     ("--dllm", lambda d, r, t: r, "is no Dream or LLaDA diffusion LM: its config.json has model_type 'qwen3'"),
-    ("--reward-model", lambda d, r, t: d, "is no sequence-classification reward model"),
-    ("--score-model", lambda d, r, t: d, "is no sequence-classification reward model"),
+    ("--reward-model", lambda d, r, t: d, "(DreamModel) is not a sequence classifier"),
+    ("--score-model", lambda d, r, t: d, "(DreamModel) is not a sequence classifier"),
     ("--dllm", lambda d, r, t: str(t), "holds no config.json"),
     ("--dllm", lambda d, r, t: os.path.join(d, "config.json"), "is a file: pass the folder that holds"),
     ("--dllm", lambda d, r, t: changed(d, t, lambda p: os.remove(p / "model.safetensors")),
@@ -630,9 +631,9 @@ def api_cases():
         (lambda: entrgi.sample(den, reward, E, [0], V - 1, [0], cfg, y0=torch.zeros(2, L)), ValueError,
          "y0 must be long"),
         (lambda: entrgi.sample(lambda y: torch.zeros(2, V), reward, E, [0], V - 1, [0], cfg), ValueError,
-         "denoiser gave (2, 6), not (N, L, V)"),
+         "denoiser gave (2, 6), not float logits (N, L, V) = (2, 4, 6)"),
         (lambda: entrgi.sample(den, lambda e, t: e.sum(), E, [0], V - 1, [0], cfg), ValueError,
-         "reward gave shape (), not (N,)"),
+         "reward gave (), not R (N,) = (2,)"),
         (lambda: entrgi.relax(logits, E, "hard", 1.0, 1.0, None), ValueError, "method must be entrgi, aps or soft"),
         (lambda: entrgi.relax(logits.long(), E, "soft", 1.0, 1.0, None), TypeError, "float tensors of one V"),
         (lambda: entrgi.relax(logits, E[:5], "soft", 1.0, 1.0, None), TypeError, "embedding (V, d)"),

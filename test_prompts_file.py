@@ -226,7 +226,7 @@ def test_a_bad_judge_exits_2_before_generating(tmp_path, dream_dir, rm_dir, caps
     with pytest.raises(SystemExit) as exit_info:
         run_main("--prompt", "Hi", "--score-model", dream_dir, dream_dir=dream_dir, rm_dir=rm_dir)
     assert exit_info.value.code == 2
-    assert "is no sequence-classification reward model" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(DreamModel) is not a sequence classifier" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_prompt_field_reads_a_benchmark_s_field_and_keeps_every_field(tmp_path, dream_dir, rm_dir, capsys):
@@ -243,8 +243,9 @@ def test_prompt_field_reads_a_benchmark_s_field_and_keeps_every_field(tmp_path, 
     plain = str(tmp_path / "plain.jsonl")
     run_main("--prompt", text["prompt"], "--output", plain, dream_dir=dream_dir, rm_dir=rm_dir)
     assert json.loads(prompt_lines(plain)[0][0])["responses"] == records[0]["responses"]
+    before = open(out).read()
     run_main(*args, dream_dir=dream_dir, rm_dir=rm_dir)                              # resumes: nothing new
-    assert prompt_lines(out)[1][-1]["new_results"] == 0
+    assert open(out).read() == before                                                # a finished ledger stays
     (tmp_path / "missing.jsonl").write_text(json.dumps({"question": "Hi"}) + "\n" + json.dumps({"q": "Hi"}) + "\n")
     with pytest.raises(SystemExit) as exit_info:
         run_main("--prompts-file", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "m.jsonl"),

@@ -28,10 +28,10 @@ def test_gradcheck_relaxation(method):
     soft = lambda p: torch.softmax(p / 0.7, -1) @ E
 
     def f(p):
-        e, _ = entrgi.relax(p, E, method, 0.7, 1.0, None, x=x)
+        e, *_ = entrgi.relax(p, E, method, 0.7, 1.0, None, x=x)
         return e - e.detach() + soft(p).detach()
     assert torch.autograd.gradcheck(f, (psi,))
-    e, _ = entrgi.relax(psi, E, method, 0.7, 1.0, None, x=x)
+    e, *_ = entrgi.relax(psi, E, method, 0.7, 1.0, None, x=x)
     if method != "soft":                                         # their forward value is not e_soft's
         assert (e - soft(psi)).abs().max() > 1e-3
     else:
@@ -127,7 +127,7 @@ def test_entropy_weight_is_0_at_one_hot_1_at_uniform_and_rises():
     uniform = torch.full((toy.V,), 1 / toy.V, dtype=toy.DT)
     ts = torch.linspace(0, 1, 21, dtype=toy.DT)
     q = (1 - ts[:, None]) * onehot + ts[:, None] * uniform                     # (21, V)
-    _, w = entrgi.relax(q.log(), toy.E, "entrgi", 1.0, 1.0, torch.Generator().manual_seed(0))
+    *_, w = entrgi.relax(q.log(), toy.E, "entrgi", 1.0, 1.0, torch.Generator().manual_seed(0))
     assert w[0].item() == 0 and w[-1].item() == pytest.approx(1, abs=1e-12)
     assert (w.diff() > 0).all()
 

@@ -95,7 +95,7 @@ def estimator_grads(psi, method, tau=1.0, reward_fn=R):
     """Gradient of reward_fn(relax(psi)) w.r.t. psi (n, V) for every hard sample x (top-p = 1):
     returns (S, n, V) gradients, row s for hard sample X[s], and (S,) their probabilities q(x)."""
     psi_s = psi.detach().expand(len(X), n, V).clone().requires_grad_(True)
-    e, _ = entrgi.relax(psi_s, E, method, tau, 1.0, None, x=X)
+    e, *_ = entrgi.relax(psi_s, E, method, tau, 1.0, None, x=X)
     grads = torch.autograd.grad(reward_fn(e).sum(), psi_s)[0]
     q_x = torch.log_softmax(psi.detach() / tau, -1)[torch.arange(n), X].sum(1).exp()
     return grads, q_x
