@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 # torch's threads, here and in the command lines the tests start: one (set before torch loads). On a
 # 2-core machine with other work running, a thread per core ran the tests 3-10 times slower.
@@ -26,6 +27,47 @@ import torch  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: whole prompts files, torchrun, torch.compile, a million draws "
                                        "(python -m pytest -m 'not slow' runs the rest)")
+
+def slowdown():
+    """How many times slower than idle this machine runs now: its 1-minute load per core, at least 1."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1)) if hasattr(os, "getloadavg") else 1.0
+
+
+class Patience:
+    """A time limit in idle-machine seconds: each second of the clock counts 1 / slowdown(), so the machine's load
+    cannot run past it by itself, while a hang still ends there. True while time is left."""
+
+    def __init__(self, seconds):
+        self.left = seconds
+        self.last = time.monotonic()
+
+    def __bool__(self):
+        now = time.monotonic()
+        self.left -= (now - self.last) / slowdown()
+        self.last = now
+        return self.left > 0
+
+
+def finish(process, seconds):
+    """process.communicate() within `seconds` of Patience: (stdout, stderr); past them the process is killed and
+    subprocess.TimeoutExpired raised."""
+    patience = Patience(seconds)
+    while patience:
+        try:
+            return process.communicate(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+    process.kill()
+    process.communicate()
+    raise subprocess.TimeoutExpired(process.args, seconds)
+
+
+def run(cmd, seconds, **popen):
+    """subprocess.run(cmd, capture_output=True, **popen) within `seconds` of Patience."""
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    out, err = finish(process, seconds)
+    return subprocess.CompletedProcess(cmd, process.returncode, out, err)
+
 
 CORPUS_A = """The quick brown fox jumps over the lazy dog. Hello world, how are you today?
 I am fine, thank you. Diffusion language models reveal tokens in any order.
@@ -105,6 +147,31 @@ def build_reward_model(path, vocab_size=360, layers=2, hidden=64, seed=1):
         model.score.weight.normal_(0, 1.0)                       # rewards of order 1
     model.save_pretrained(path)
     return path
+
+
+def build_causal_lm(path, vocab_size=360, layers=2, hidden=64, seed=4):
+    """A random Qwen3ForCausalLM with the reward model's kind of tokenizer and chat template: a
+    log-likelihood reward (--reward loglik), laid out as Qwen/Qwen3-0.6B is."""
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    bpe = train_bpe(CORPUS_A[:3] + CORPUS_B, vocab_size)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = CHAT
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=512, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0, 0.25)      # log-likelihoods that differ by text
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory):
+    return str(build_causal_lm(tmp_path_factory.mktemp("lm")))
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def expect(ok, message, error=ValueError):
         raise error(message)
 
 
-def shape(t):
+def described(t):
     """A tensor's shape, or the type of what is not a tensor (for messages)."""
     return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
 
@@ -361,9 +361,10 @@ def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr
             tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
             parts = {"relaxed": (idx, q.detach(), x, w)} if relaxed else {}
             R = reward(e_known.scatter(1, at, e), tokens, **parts)   # (N,)
-            expect(torch.is_tensor(R) and R.shape == y.shape[:1] and R.requires_grad,
-                   f"reward gave {shape(R)}, not R (N,) = ({len(y)},) differentiable in e (not "
-                   "scored from the tokens alone, nor detached)")
+            expect(torch.is_tensor(R) and R.shape == y.shape[:1],
+                   f"reward gave {described(R)}, not R (N,) = ({len(y)},)")
+            expect(R.requires_grad, "reward: R has no gradient path to e (scored from the tokens "
+                   "alone, or detached): guidance follows dR/de")
             g, = torch.autograd.grad(-R.sum(), psi, allow_unused=True)
             expect(g is not None, "reward: R does not depend on e, its first argument")
             R = R.detach()                       # (the graph goes: its memory, for the next step)
@@ -423,6 +424,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
     naming the step (nothing is read back inside it)."""
     expect(seeds and all(type(s) is int and 0 <= s < 2**63 for s in seeds),
            f"seeds must be a list of ints in [0, 2**63), got {seeds!r}")
+    expect(torch.is_tensor(embedding) and embedding.dim() == 2, "embedding must be E^R (V, d)")
     device = embedding.device
     N = len(seeds) * cfg.check().K
     y = torch.full((N, cfg.L), mask_id, device=device) if y0 is None else y0.clone()
@@ -476,7 +478,7 @@ def masked_logits(denoiser, y, idx, mask_id, V):
     with torch.no_grad():
         logits = denoiser(y)
     expect(torch.is_tensor(logits) and logits.is_floating_point() and logits.shape == (*y.shape, V),
-           f"denoiser gave {shape(logits)}, not float logits (N, L, V) = "
+           f"denoiser gave {described(logits)}, not float logits (N, L, V) = "
            f"{(*y.shape, V)}: N = len(seeds) x K, V = len(embedding)")
     logits = f32(logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, V)))
     if mask_id < V:
@@ -945,8 +947,9 @@ def strict(name, whose, info):
                          f"unexpected {unexpected[:4]}")
 
 
-# --reward -> the architectures it takes
+# --reward -> the architectures it takes, and what its numbers are
 REWARDS = {"score": "ForSequenceClassification", "loglik": "ForCausalLM"}
+REWARD_NAMES = {"score": "the reward model's score", "loglik": "the causal LM's mean log-likelihood"}
 
 
 def open_reward_model(name_or_path, reward="score", flag="--reward-model"):
@@ -1257,6 +1260,7 @@ def trace_page(prompt, settings, runs, traces, tokenizer):
     columns = [method_column(runs[i], traces[i], tokenizer) for i in order]
     steps = [k for k, _, _ in traces[0]]
     fill = {"PROMPT": html.escape(prompt), "SETTINGS": settings_list(settings),
+            "REWARD": html.escape(f"{REWARD_NAMES[settings['reward']]}, {settings['reward_model']}"),
             "RUNS": "".join(columns), "STEPS": json.dumps(steps), "LAST": str(len(steps) - 1)}
     # one pass: no text read twice
     return re.sub("|".join(fill), lambda match: fill[match.group()], PAGE)
@@ -1340,7 +1344,8 @@ h1 { font-size: 1.4em; margin: .2em 0 } h2 { font-size: 1.15em; margin: .3em 0 0
 .t.best { border: 2px solid #2a7d2a } .new { background: #ffd95a } .e { color: #bbb }
 .m { color: transparent !important; background: #e4e4e4 }
 .c:not(.m) { text-decoration: underline wavy red }
-</style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT</p>SETTINGS
+</style></head><body><h1>EntRGi denoising trace</h1><p><strong>Prompt:</strong> PROMPT</p>
+<p><strong>Scored by:</strong> REWARD</p>SETTINGS
 <div id="bar"><button id="back" title="previous step (left arrow)">&#9664;</button>
 <button id="play" title="play or pause (space)">play</button>
 <button id="next" title="next step (right arrow)">&#9654;</button>
@@ -1840,7 +1845,8 @@ def summarize(args, results, prompts, settings, new, seconds, append=True):
             "prompts": len(prompts), "results": len(results), "new_results": new, "settings": settings,
             "seconds_per_result": seconds / new if new else None, "table": table}})
 
-    show(f"{plural(len(results), 'result')} for {plural(len(prompts), 'prompt')}, {new} new")
+    show(f"{plural(len(results), 'result')} for {plural(len(prompts), 'prompt')}, {new} new, "
+         f"scored by {REWARD_NAMES[settings['reward']]}")
     heads = ["Top@1", f"Avg@{args.samples}", "judge Top@1", f"judge Avg@{args.samples}"][:len(keys)]
     show(f"{'method':>8} {'prompts':>8}" + "".join(f" {h:>12}" for h in heads))
 
@@ -1994,7 +2000,7 @@ def check_memory(args, opened, device):
     N = --batch-size x --samples rows), a need known in advance (at least: activations aside)."""
     free = free_memory(device)
     size = torch.empty((), dtype=pick_dtype(device, args.dtype)).element_size()
-    weights = size * sum(parameters(o[0]) for o in opened if o)
+    weights = size * sum(weights_in(o[0]) for o in opened if o)
     config = opened[0][2]
     N = args.batch_size * args.samples
     step = STEP_TENSORS * N * args.max_new_tokens * config.vocab_size * 4
@@ -2008,7 +2014,7 @@ def check_memory(args, opened, device):
                          "--max-new-tokens, or use a device with more memory")
 
 
-def parameters(path):
+def weights_in(path):
     """The number of weights in a model folder's .safetensors files, read from their headers."""
     n = 0
     for name in os.listdir(path):

@@ -7,12 +7,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import conftest
 import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,9 +26,9 @@ def lines(path):
 
 
 def cli(*args, dream_dir, rm_dir, timeout=300):
+    """The command line in a process of its own, within `timeout` seconds of an idle machine (conftest.Patience)."""
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return conftest.run(cmd, timeout, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_cli_end_to_end(dream_dir, rm_dir, tmp_path):
@@ -277,3 +277,80 @@ def test_a_run_says_where_it_is_and_a_resume_what_is_there(dream_dir, rm_dir, tm
     assert "3 results for 3 prompts, 3 new" in p.stdout
     again = cli(*args, "--dtype", "bfloat16", dream_dir=dream_dir, rm_dir=rm_dir)
     assert "resuming: 3 results already in" in again.stderr and "3 results for 3 prompts, 0 new" in again.stdout
+
+
+# -----------------------------------------------------------------------------
+# the machine as it is: its memory, its cores, what --help says of it
+
+
+def test_memory_a_run_needs_is_refused_before_any_weights_load(dream_dir, rm_dir, capsys, monkeypatch):
+    """Where the device has less memory free than a run needs (its weights, E^R and the first step's (N, L, V)
+    tensors), the run is refused in one line naming both figures, before any weight loads: the weights alone too
+    large, or K x L too large beside them; a benchmark preset likewise, before any allocation."""
+    monkeypatch.setattr(entrgi, "free_memory", lambda device: 5 * 2**20)            # 5 MiB free
+    argv = ["--prompt", "Hello", "--dllm", dream_dir, "--reward-model", rm_dir, "--steps", "4", "--max-new-tokens",
+            "6", "--device", "cpu"]
+    entrgi.main([*argv, "--samples", "2"])                                          # it fits in 5 MiB
+    monkeypatch.setattr(entrgi, "load_dllm", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main([*argv, "--samples", "200"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "the run needs at least 0.0" in last and "0.0 GiB free" in last, last
+    assert "(N = 200 rows x L = 6)" in last and "lower --batch-size, --samples or --max-new-tokens" in last
+    monkeypatch.setattr(entrgi, "free_memory", lambda device: 0)
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main([*argv, "--samples", "2"])                                      # the weights alone
+    assert "the weights 0.0 GiB in float32" in capsys.readouterr().err.strip().splitlines()[-1]
+    monkeypatch.setattr(entrgi, "free_memory", lambda device: 20 * 2**30)
+    timed = []
+    monkeypatch.setattr(entrgi, "benchmark", lambda *a, **k: timed.append(a) or pytest.skip("reached"))
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main(["--benchmark", "real", "--device", "cpu"])                    # float32 on a CPU: 35.9 GiB
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "--benchmark real needs at least 35.9 GiB on cpu" in last, last
+    assert "which has 20.0 GiB free" in last and "--benchmark-layers 2" in last and not timed
+    with pytest.raises(pytest.skip.Exception):
+        entrgi.main(["--benchmark", "real", "--benchmark-layers", "2", "--device", "cpu"])   # 8.5 GiB: it runs
+    assert timed
+
+
+@pytest.mark.parametrize("load, threads", [(0.0, None), (50.0, 1)])
+def test_a_cpu_run_picks_its_threads_from_the_load_and_says_so(load, threads, dream_dir, rm_dir, capsys,
+                                                               monkeypatch):
+    """Without OMP_NUM_THREADS, a CPU run takes one thread per core that the load leaves free (at least one) and
+    says so; with it, torch's own count stands, unsaid."""
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(entrgi.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(entrgi, "run", lambda args: None)
+    try:
+        entrgi.main(["--prompt", "Hello", "--device", "cpu"])
+        expected = threads or os.cpu_count()
+        assert f"note: {expected} CPU thread" in capsys.readouterr().err and torch.get_num_threads() == expected
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        entrgi.main(["--prompt", "Hello", "--device", "cpu"])
+        assert "CPU thread" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_help_names_every_environment_variable_and_the_presets_sizes(capsys):
+    """--help lists each environment variable entrgi.py reads (each name found in the file's os.environ reads, or
+    read through torch and the hub) and each benchmark preset with its weights' size, which equals the size counted
+    on the meta device."""
+    with pytest.raises(SystemExit):
+        entrgi.main(["--help"])
+    text = capsys.readouterr().out
+    with open(entrgi.__file__, encoding="utf-8") as f:
+        source = f.read()
+    read = set(re.findall(r"os\.environ(?:\.get|\.setdefault)?[\[(]\"([A-Z_]+)\"", source))
+    read |= {"OMP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HOME"}
+    assert read >= {"ENTRGI_HUB_WAIT", "LOCAL_RANK", "WORLD_SIZE", "CUBLAS_WORKSPACE_CONFIG"}
+    for name in read:
+        assert name in text.split("environment variables read:")[1], name
+    presets = text.split("benchmark presets")[1]
+    for name in entrgi.PRESETS:
+        line = next(line for line in presets.splitlines() if line.strip().startswith(name + " "))
+        sizes = [entrgi.preset_weights(name, dtype) / 2**30 for dtype in (torch.bfloat16, torch.float32)]
+        if name != "tiny":
+            assert line.rstrip().endswith(f": {sizes[0]:.1f}, {sizes[1]:.1f}"), (line, sizes)

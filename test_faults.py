@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import conftest
 import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -180,7 +181,7 @@ def refused_before_any_model(monkeypatch):
 def test_prompt_bytes_that_are_not_utf8_exit_2(dream_dir, rm_dir, tmp_path):
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
            "--prompt", os.fsdecode(b"caf\xe9 au lait")]                # Latin-1 bytes, as a shell passes them
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = conftest.run(cmd, 120, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "--prompt: the prompt is not valid UTF-8 text" in p.stderr.strip().splitlines()[-1]
 
@@ -206,7 +207,7 @@ def test_jsonl_prompts_that_are_not_text_or_clash_with_our_fields_exit_2(line, m
 def test_output_to_standard_output_does_not_hang(dream_dir, rm_dir):
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
            "--prompt", "Hello", "--output", "/dev/stdout"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = conftest.run(cmd, 120, text=True)
     assert p.returncode == 0, p.stderr
     records = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert [list(r)[-1] if "summary" in r else r["method"] for r in records] == ["entrgi", "summary"]
@@ -220,8 +221,8 @@ def test_a_reader_that_goes_away_loses_nothing(dream_dir, rm_dir, tmp_path):
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.readline()
     p.stdout.close()                                                        # as head -1 does
-    err = p.stderr.read().decode()
-    assert p.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+    err = conftest.finish(p, 120)[1].decode()
+    assert p.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 5 and "summary" in records[-1]
 
@@ -344,7 +345,6 @@ def test_a_hub_that_never_answers_ends_in_one_line(rm_dir):
     within the wait allowed (ENTRGI_HUB_WAIT, 2 s here), status 2, and what runs without the hub."""
     import socket
     import threading
-    import time
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -354,10 +354,9 @@ def test_a_hub_that_never_answers_ends_in_one_line(rm_dir):
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "ENTRGI_HUB_WAIT": "2"}
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", "some-owner/some-dllm", "--reward-model",
            rm_dir, "--prompt", "Hello", "--device", "cpu"]
-    began = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    p = conftest.run(cmd, 30, text=True, env=env)                # the hub's 2 s and torch's import, unloaded
     last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode == 2 and "Traceback" not in p.stderr and time.perf_counter() - began < 30
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     assert f"the hub ({endpoint}) did not answer within 2 s" in last and "python -m toy" in last, last
     server.close()
 
@@ -377,13 +376,16 @@ def test_a_signal_at_any_moment_ends_in_one_line(moment, signal_name, dream_dir,
            "--prompts-file", str(prompts), "--output", str(out), "--steps", "16", "--max-new-tokens", "16",
            "--samples", "2", "--device", "cpu"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + (120 if moment == "results" else moment)
-    while time.time() < deadline and (moment != "results" or not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.02)
+    if moment == "results":
+        patience = conftest.Patience(120)
+        while patience and (not out.exists() or out.read_text().count("\n") < 2):
+            time.sleep(0.02)
+    else:
+        time.sleep(moment)
     assert p.poll() is None, "the run ended before the signal"
     signum = getattr(signal, signal_name)
     p.send_signal(signum)
-    _, err = p.communicate(timeout=60)
+    _, err = conftest.finish(p, 60)
     expected = "entrgi.py: interrupted" if signal_name == "SIGINT" else f"entrgi.py: stopped by {signal_name}"
     assert p.returncode == 128 + signum and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == expected
@@ -391,7 +393,7 @@ def test_a_signal_at_any_moment_ends_in_one_line(moment, signal_name, dream_dir,
     assert text.endswith("\n") or not text
     assert all(json.loads(line)["prompt"] for line in text.splitlines())
     if moment == "results":
-        assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0          # and it resumes
+        assert conftest.run(cmd, 300).returncode == 0                                      # and it resumes
         assert sum('"summary"' not in line[:12] for line in out.read_text().splitlines()) == 18
 
 
@@ -537,7 +539,7 @@ def test_text_at_its_edges_comes_back_exactly(tmp_path, dream_dir, rm_dir):
     assert sorted(r["prompt"] for r in records) == sorted(TEXTS)
     cmd = [sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream_dir, "--reward-model", rm_dir, *SMALL,
            "--prompt", TEXTS[0] + TEXTS[1]]
-    p = subprocess.run(cmd, capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    p = conftest.run(cmd, 120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr[-2000:]
     assert b"trajectory 1: reward" in p.stdout
 
@@ -634,6 +636,19 @@ def api_cases():
          "denoiser gave (2, 6), not float logits (N, L, V) = (2, 4, 6)"),
         (lambda: entrgi.sample(den, lambda e, t: e.sum(), E, [0], V - 1, [0], cfg), ValueError,
          "reward gave (), not R (N,) = (2,)"),
+        (lambda: entrgi.sample(lambda y: torch.zeros(2, L, V, dtype=torch.long), reward, E, [0], V - 1, [0], cfg),
+         ValueError, "denoiser gave (2, 4, 6), not float logits (N, L, V) = (2, 4, 6)"),
+        (lambda: entrgi.sample(den, reward, E[:5], [0], V - 1, [0], cfg), ValueError,
+         "denoiser gave (2, 4, 6), not float logits (N, L, V) = (2, 4, 5): N = len(seeds) x K, V = len(embedding)"),
+        (lambda: entrgi.sample(lambda y: torch.zeros(2, L, V), reward, E, [0, 1], V - 1, [0], cfg), ValueError,
+         "denoiser gave (2, 4, 6), not float logits (N, L, V) = (4, 4, 6)"),
+        (lambda: entrgi.sample(den, reward, [[0.0]], [0], V - 1, [0], cfg), ValueError, "embedding must be E^R (V, d)"),
+        (lambda: entrgi.sample(den, lambda e, t: t.float().sum(-1), E, [0], V - 1, [0], cfg), ValueError,
+         "reward: R has no gradient path to e (scored from the tokens alone, or detached)"),
+        (lambda: entrgi.sample(den, lambda e, t: e.detach().sum((1, 2)), E, [0], V - 1, [0], cfg), ValueError,
+         "reward: R has no gradient path to e"),
+        (lambda: entrgi.sample(den, lambda e, t: t.float().sum(-1) * torch.ones((), requires_grad=True), E, [0],
+                               V - 1, [0], cfg), ValueError, "reward: R does not depend on e, its first argument"),
         (lambda: entrgi.relax(logits, E, "hard", 1.0, 1.0, None), ValueError, "method must be entrgi, aps or soft"),
         (lambda: entrgi.relax(logits.long(), E, "soft", 1.0, 1.0, None), TypeError, "float tensors of one V"),
         (lambda: entrgi.relax(logits, E[:5], "soft", 1.0, 1.0, None), TypeError, "embedding (V, d)"),
@@ -651,7 +666,7 @@ def api_cases():
     ]
 
 
-@pytest.mark.parametrize("case", range(27))
+@pytest.mark.parametrize("case", range(34))
 def test_the_python_api_names_the_argument_that_does_not_fit(case):
     call, error, message = api_cases()[case]
     with pytest.raises(error) as raised:
@@ -667,3 +682,98 @@ def test_a_path_whose_first_folder_exists_is_a_path_not_a_hub_name(tmp_path, rm_
         main("--prompt", "Hello", dream_dir="models/dreem", rm_dir=rm_dir)
     last = one_error_line(capsys, exit_info)
     assert "model 'models/dreem': no such directory here" in last and "offline" not in last
+
+
+# -----------------------------------------------------------------------------
+# strict loading, the output as one run's ledger, links
+
+
+def relabelled(src, tmp_path, architecture, **fields):
+    """A copy of a model folder whose config.json names another architecture (its weights as they were)."""
+    return changed(src, tmp_path, lambda p: edit_json(p / "config.json", architectures=[architecture], **fields))
+
+
+@pytest.mark.parametrize("flags, which, architecture, message", [
+    (["--reward-model"], "lm", "Qwen3ForSequenceClassification", "missing ['score.weight']"),
+    (["--score-model"], "lm", "Qwen3ForSequenceClassification", "missing ['score.weight']"),
+    (["--reward", "loglik", "--reward-model"], "rm", "Qwen3ForCausalLM", "unexpected ['score.weight']"),
+])
+def test_weights_that_do_not_fit_their_class_are_refused_for_every_model(flags, which, architecture, message,
+                                                                         dream_dir, rm_dir, lm_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A causal LM's weights under a config.json relabelled ...ForSequenceClassification (transformers would fill
+    the score head at random), as the reward model or the judge; a classifier's as a causal LM: refused before any
+    text is generated, naming what is missing or unexpected; the dLLM likewise (one weight taken out)."""
+    os.makedirs(tmp_path / "copies")
+    folder = relabelled({"lm": lm_dir, "rm": rm_dir}[which], tmp_path / "copies", architecture, num_labels=1)
+    monkeypatch.setattr(entrgi, "generate", lambda *a, **k: pytest.fail("generated"))
+    models = ["--reward-model", rm_dir, *flags, folder] if flags == ["--score-model"] else [*flags, folder]
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main(["--dllm", dream_dir, *models, "--prompt", "Hello", *SMALL])
+    last = one_error_line(capsys, exit_info)
+    assert f"{folder!r} does not hold a {architecture}'s weights: " in last and message in last, last
+    from safetensors.torch import load_file, save_file
+    weights = load_file(os.path.join(dream_dir, "model.safetensors"))
+    del weights["model.norm.weight"]
+    dllm = changed(dream_dir, tmp_path / "copies", lambda p: save_file(weights, str(p / "model.safetensors"),
+                                                                       metadata={"format": "pt"}))
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main(["--dllm", dllm, "--reward-model", rm_dir, "--prompt", "Hello", *SMALL])
+    assert f"{dllm!r} does not hold Dream's weights: missing ['model.norm.weight']" in one_error_line(capsys,
+                                                                                                   exit_info)
+
+
+def test_the_output_is_one_run_s_ledger(dream_dir, rm_dir, tmp_path, capsys):
+    """Each result line records each model's identity (a hash of its folder's files); a resume whose reward model's
+    weights changed in place, a file holding a result twice, lines from two runs and a summary of another run are
+    refused, naming the lines; the same command again leaves a finished file as it was."""
+    rm = tmp_path / "rm"
+    shutil.copytree(rm_dir, rm)
+    out = tmp_path / "o.jsonl"
+    run = lambda *args, output=out: main("--prompt", "Hello", "--output", str(output), *args, dream_dir=dream_dir,
+                                         rm_dir=str(rm))
+    run()
+    lines = out.read_text().splitlines()
+    settings = json.loads(lines[0])["settings"]
+    assert len(settings["dllm_sha256"]) == len(settings["reward_model_sha256"]) == 16
+    assert settings["score_model_sha256"] is None and settings["reward"] == "score"
+    run()
+    assert out.read_text().splitlines() == lines                       # finished: nothing added
+
+    def refused(text, message):
+        out.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        last = one_error_line(capsys, exit_info)
+        assert message in last, last
+    refused(lines[0] + "\n" + lines[0] + "\n", "lines 1 and 2 both hold prompt 0's entrgi result")
+    other = tmp_path / "other.jsonl"
+    run("--samples", "3", output=other)
+    refused("\n".join([lines[0], *other.read_text().splitlines()]) + "\n", "lines 1 and 2 come from two runs (K = 3")
+    refused(lines[0] + "\n" + other.read_text().splitlines()[-1] + "\n", "lines 1 and 2 come from two runs (K = 3")
+    refused(other.read_text(), "line 1 was written with other settings than this command's (K = 3, not 2)")
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(rm / "model.safetensors"))
+    weights["score.weight"] = weights["score.weight"] + 0.01           # the same folder, other weights
+    save_file(weights, str(rm / "model.safetensors"), metadata={"format": "pt"})
+    refused("\n".join(lines) + "\n", "(reward_model_sha256 = '" + settings["reward_model_sha256"])
+
+
+def test_outputs_given_as_links_are_written_where_the_links_lead(dream_dir, rm_dir, tmp_path):
+    """--output and --trace as symbolic links (one to a file not yet made, one to an old page): the results and the
+    page reach the files the links lead to, the links stay links, and a link lying where a temporary file would go
+    is neither followed nor replaced."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "pages").mkdir()
+    os.symlink(tmp_path / "runs" / "o.jsonl", tmp_path / "o.jsonl")
+    (tmp_path / "pages" / "t.html").write_text("an old page")
+    os.symlink(tmp_path / "pages" / "t.html", tmp_path / "t.html")
+    (tmp_path / "victim").write_text("untouched")
+    os.symlink(tmp_path / "victim", tmp_path / "pages" / "t.html.tmp")
+    main("--prompt", "Hello", "--output", str(tmp_path / "o.jsonl"), "--trace", str(tmp_path / "t.html"),
+         dream_dir=dream_dir, rm_dir=rm_dir)
+    assert os.path.islink(tmp_path / "o.jsonl") and os.path.islink(tmp_path / "t.html")
+    assert len((tmp_path / "runs" / "o.jsonl").read_text().splitlines()) == 2             # a result, a summary
+    assert (tmp_path / "pages" / "t.html").read_text().startswith("<!doctype html>")
+    assert (tmp_path / "victim").read_text() == "untouched" and os.path.islink(tmp_path / "pages" / "t.html.tmp")
+    assert sorted(os.listdir(tmp_path / "pages")) == ["t.html", "t.html.tmp"]              # no temporary file left

@@ -128,7 +128,7 @@ def test_every_tensor_of_the_loop_lives_on_the_gpu_fake_tensors(monkeypatch):
     the backward (zeros; its placement is autograd's), and the schedule (computed on the host by design,
     once a run)."""
     import transformers as tf
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode, unset_fake_temporarily
     real_generator, real_schedule = torch.Generator, entrgi.schedule
 
     def host_schedule(*a, **k):
@@ -157,8 +157,11 @@ def test_every_tensor_of_the_loop_lives_on_the_gpu_fake_tensors(monkeypatch):
         for method, rule, top_p in (("entrgi", "entropy", 0.95), ("aps", "probability", 0.9),
                                     ("soft", "margin", 1.0), ("bon", "random", 0.6)):
             cfg = entrgi.Config(method=method, K=K, T=8, L=L, M=2, remasking=rule, top_p=top_p, block_length=8)
-            y, _ = entrgi.sample(denoiser, reward, embedding, [0, 1], mask, [end], cfg, on_step=lambda *a: None)
-            assert y.device.type == "cuda"
+            steps = []
+            with pytest.raises(DataDependentOutputException):         # the one read, after the loop: fake
+                entrgi.sample(denoiser, reward, embedding, [0, 1], mask, [end], cfg,   # tensors hold no value
+                              on_step=lambda k, y, likely: steps.append(y))
+            assert len(steps) == 8 and steps[-1].device.type == "cuda"
         hook = entrgi.logits_hook(reward, embedding, entrgi.Config(K=K, T=8, L=L, M=2), mask, P, None)
         out = hook(0, torch.full((2 * K, P + L), mask), torch.randn(2 * K, P + L, V))
         assert out.device.type == "cuda"

@@ -5,13 +5,13 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import conftest
 import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,11 +122,10 @@ CASES = [(m, []) for m in entrgi.METHODS] + [("bon", LLADA_OWN), ("entrgi", LLAD
 @pytest.mark.parametrize("method, rules", CASES)
 def test_llada_cli_end_to_end_with_blocks(method, rules, llada_dir, rm_dir, tmp_path):
     out, page = tmp_path / "run.jsonl", tmp_path / "trace.html"
-    p = subprocess.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", llada_dir, "--reward-model", rm_dir,
+    p = conftest.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", llada_dir, "--reward-model", rm_dir,
                         "--prompt", "Write a poem about the sea", "--method", method, "--samples", "2", "--steps", "8",
                         "--max-new-tokens", "8", "--block-length", "4", "--device", "cpu", "--output", str(out),
-                        "--trace", str(page), *rules], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                        "--trace", str(page), *rules], 300, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr
     result = json.loads(out.read_text().splitlines()[0])
     assert result["method"] == method and result["settings"]["block_length"] == 4 and len(result["responses"]) == 2

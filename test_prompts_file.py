@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import conftest
 import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,9 +80,9 @@ def test_torchrun_two_processes_equal_one(batched, dream_dir, rm_dir):
     root, runs = batched
     args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", str(root / "p.txt"), *LONG,
             "--batch-size", "3", "--output", str(root / "torchrun.jsonl")]
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    run = conftest.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join(HERE, "entrgi.py"), *args], 600, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert results(root / "torchrun.jsonl") == runs[1]
     summaries = [json.loads(line)["summary"] for line in open(root / "torchrun.jsonl") if "summary" in line[:12]]
@@ -105,7 +106,7 @@ def cli(*args, env=None):
 
 def succeeds(process):
     """The run ended with status 0 (else its standard error is shown)."""
-    _, err = process.communicate(timeout=300)
+    _, err = conftest.finish(process, 300)
     assert process.returncode == 0, err[-3000:]
     return True
 
@@ -118,8 +119,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
             "--max-new-tokens", "12", "--samples", "2", "--device", "cpu"]
     full, part = str(tmp_path / "full.jsonl"), str(tmp_path / "part.jsonl")
     p = cli(*args, "--output", part)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not os.path.exists(part) or open(part).read().count("\n") < 2):
+    patience = conftest.Patience(120)
+    while patience and (not os.path.exists(part) or open(part).read().count("\n") < 2):
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -131,8 +132,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, dream_dir, rm_dir):
     lines_full, _ = prompt_lines(full)
     assert lines_part == lines_full and len(lines_part) == 18
     assert summaries[-1]["new_results"] == 18 - killed.count("\n")
-    assert succeeds(cli(*args, "--output", part))                          # a third run adds nothing
-    assert prompt_lines(part)[0] == lines_full and prompt_lines(part)[1][-1]["new_results"] == 0
+    before = open(part).read()
+    assert succeeds(cli(*args, "--output", part))                          # a third run changes nothing
+    assert open(part).read() == before
 
 
 def test_unfinished_last_line_is_dropped_on_resume(prompts_file, tmp_path, dream_dir, rm_dir):
@@ -267,12 +269,10 @@ def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file,
         resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
         signals.signal(signals.SIGXFSZ, signals.SIG_IGN)                    # a write past it fails, EFBIG
     args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--output", str(out)]
-    began = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                              "PYTHONDONTWRITEBYTECODE": "1"}, preexec_fn=small_disk)
-    assert time.perf_counter() - began < 120 and run.returncode != 0
+    run = conftest.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join(HERE, "entrgi.py"), *args], 120, text=True, preexec_fn=small_disk,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.returncode != 0                                              # promptly: within the limit
     errors = re.findall(r"entrgi\.py: error: cannot write --output .*?(?:\(a full disk\?\)|File too large)",
                         run.stderr)                                         # (two
     assert len(errors) == 2 and errors[0] == errors[1], run.stderr[-2000:]    # processes' lines may interleave)
@@ -289,9 +289,60 @@ def test_torchrun_on_an_output_another_run_holds_is_refused(prompts_file, tmp_pa
     args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--output", str(out)]
     with open(out, "ab") as other:                                           # the first run holds it
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                              os.path.join(HERE, "entrgi.py"), *args], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        run = conftest.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            os.path.join(HERE, "entrgi.py"), *args], 300, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     lines = re.findall(r"entrgi\.py: error: --output .*? is being written by another run", run.stderr)
     assert run.returncode != 0 and len(lines) == 2, run.stderr[-3000:]
     assert re.search(r"exitcode\s*: 2", run.stderr) and out.read_text() == ""
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("p.csv", 'prompt,category\r\nHello,chat\r\n"Why, then?",science\r\n',
+     [{"prompt": "Hello", "category": "chat"}, {"prompt": "Why, then?", "category": "science"}]),
+    ("p.TSV", "id\tprompt\n1\tHello\n\n2\tWhy?\n", [{"id": "1", "prompt": "Hello"}, {"id": "2", "prompt": "Why?"}]),
+    ("p.txt", "\ufeffprompt,category\nHello,chat\n", [{"prompt": "Hello", "category": "chat"}]),
+    ("p.csv", 'prompt\n"two\nlines"\n', [{"prompt": "two\nlines"}]),
+    ("p.json", '["Hello", "Why?"]', [{"prompt": "Hello"}, {"prompt": "Why?"}]),
+    ("prompts", '[\n  "Hello"\n]\n', [{"prompt": "Hello"}]),
+    ("p.txt", "prompt, please: a poem\nWhy?\n", [{"prompt": "prompt, please: a poem"}, {"prompt": "Why?"}]),
+])
+def test_prompts_files_in_the_formats_people_export(name, text, expected, tmp_path):
+    """CSV and TSV with a header row naming the prompt column (by the name, or by a first line of names; quoted
+    values, CRLF, a byte-order mark, blank lines), a JSON list of strings; a header row is never a prompt, and a
+    first line of text that is no header stays a prompt."""
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    assert entrgi.read_prompts(str(path)) == expected
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.csv", "question,category\nHello,chat\n", "its header row (question, category) names no 'prompt' column"),
+    ("p.csv", "prompt,category\nHello,chat,extra\n", "line 2: 2 columns in the header, another number in this row"),
+    ("p.csv", "prompt,category\n,chat\n", "line 2: the prompt is empty"),
+    ("p.json", '["Hello", {"prompt": "Why?"}]', "item 1 is not a JSON object (nor, in an array of strings, a string): "
+                                                "the prompts files read are JSON lines"),
+    ("p.json", "[1, 2]", "item 1 is not a JSON object"),
+    ("p.jsonl", '"Hello"\n', "line 1 is not a JSON object (nor, in an array of strings, a string): the prompts files "
+                             "read are JSON lines (an object a line), a JSON array of objects or of strings, CSV or "
+                             "TSV with a header row naming the prompt column, or text (a prompt a line)"),
+])
+def test_a_prompts_file_in_no_format_read_is_refused_naming_the_formats(name, text, message, tmp_path, dream_dir,
+                                                                        rm_dir, capsys, monkeypatch):
+    path = tmp_path / name
+    path.write_text(text)
+    monkeypatch.setattr(entrgi, "open_dllm", lambda *a: pytest.fail("a model was opened"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--prompts-file", str(path), "--output", str(tmp_path / "o.jsonl"), dream_dir=dream_dir,
+                 rm_dir=rm_dir)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last.startswith("entrgi.py: error: ") and message in last, last
+
+
+def test_a_csv_prompts_file_runs_with_its_columns_carried(tmp_path, dream_dir, rm_dir):
+    src = tmp_path / "bench.csv"
+    src.write_text("category,prompt\nchat,Hello\nscience,\"Why, then?\"\n")
+    out = tmp_path / "o.jsonl"
+    run_main("--prompts-file", str(src), "--output", str(out), dream_dir=dream_dir, rm_dir=rm_dir)
+    records = sorted(map(json.loads, prompt_lines(out)[0]), key=lambda r: r["index"])
+    assert [(r["prompt"], r["category"]) for r in records] == [("Hello", "chat"), ("Why, then?", "science")]

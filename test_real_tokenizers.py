@@ -5,12 +5,12 @@ random models of the real vocabulary sizes."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import conftest
 import entrgi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,10 +82,10 @@ def test_guidance_reward_equals_the_text_reward_for_replies_with_leading_newline
 def test_cli_with_the_real_vocabularies(real_vocab_dirs, tmp_path):
     dream, skywork = real_vocab_dirs
     out = tmp_path / "run.jsonl"
-    p = subprocess.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream, "--reward-model", skywork,
+    p = conftest.run([sys.executable, os.path.join(HERE, "entrgi.py"), "--dllm", dream, "--reward-model", skywork,
                         "--prompt", "Write a haiku about rain.", "--samples", "2", "--steps", "4",
                         "--max-new-tokens", "8",
-                        "--device", "cpu", "--output", str(out)], capture_output=True, text=True, timeout=300,
+                        "--device", "cpu", "--output", str(out)], 300, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr
     assert "vocabulary map: 151665 of the dLLM's 151667 tokens (100.00%) found" in p.stderr
