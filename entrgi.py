@@ -66,20 +66,17 @@ class Config:
     def check(self):
         """self, or a ValueError naming the first field that does not fit."""
         for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            expect(value in allowed, f"{name} must be one of {allowed}, got {value!r}")
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
             kind = int if type(low) is int else (int, float)
-            if type(value) is bool or not isinstance(value, kind) or not low <= value <= high:
-                raise ValueError(f"{name} must be {type(low).__name__} in [{low}, {high}], "
-                                 f"got {value!r}")
-
+            expect(type(value) is not bool and isinstance(value, kind) and low <= value <= high,
+                   f"{name} must be {type(low).__name__} in [{low}, {high}], got {value!r}")
         block = self.L if self.block_length is None else self.block_length
-        if type(block) is not int or not 1 <= block <= self.L or self.L % block \
-                or self.T % (self.L // block):
-            raise ValueError(f"block_length must divide L = {self.L} into blocks that share "
-                             f"T = {self.T} evenly, got {self.block_length!r}")
+        expect(type(block) is int and 1 <= block <= self.L and self.L % block == 0
+               and self.T % (self.L // block) == 0, f"block_length must divide L = {self.L} into "
+               f"blocks that share T = {self.T} evenly, got {self.block_length!r}")
         return self
 
 
@@ -89,14 +86,8 @@ def expect(ok, message, error=ValueError):
         raise error(message)
 
 
-def described(t):
-    """A tensor's shape, or the type of what is not a tensor (for messages)."""
-    return tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
-
-
 def f32(x):
-    """x in float32, or float64 if it is: probabilities, sums and draws are never computed in
-    bfloat16 or float16 (their running sums tie), whatever dtype the models compute in."""
+    """x in float32 (float64 stays): no probability, sum or draw is bfloat16 or float16."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -126,7 +117,6 @@ def relax(logits, embedding, method, temperature, top_p, generator,
     e_soft = q.to(embedding.dtype) @ embedding                   # (..., d) in E^R's dtype
     if method == "soft":
         return e_soft, q, None, torch.zeros_like(q[..., 0])
-
     with torch.no_grad():
         x = top_p_sample(q, top_p, generator) if x is None else x
         p = q if entropy_from == "sampling" else torch.softmax(f32(logits), -1)
@@ -151,8 +141,7 @@ def nucleus(q, top_p):
 
 def top_p_sample(q, top_p, generator):
     """x (...) ~ q (..., V) in its top-p nucleus (ties in or out together): inverse CDF on the
-    sorted rows, nothing read back to the host (torch.multinomial may check its input so). A row
-    that is not a distribution (NaN) draws a valid index, never an out-of-range one."""
+    sorted rows, nothing read back (as torch.multinomial may); a NaN row draws an index in range."""
     s, order, least = nucleus(q, top_p)
     n = (s >= least).sum(-1, keepdim=True).clamp(min=1)          # the nucleus: a prefix of s
     cdf = s.masked_fill_(s < least, 0).cumsum_(-1)               # (in place: s is the sort's copy)
@@ -175,9 +164,8 @@ def uniform(shape, generator, device):
 
 
 def reads(tokens, end_ids, lead_ids=None, end=False):
-    """(N, L) bool: the positions of tokens (N, L) a reader of the replies sees: before the first
-    end token (end=True: and the end token), less a run of lead_ids at the start (a chat template
-    that strips those)."""
+    """(N, L) bool: the positions of tokens (N, L) a reader sees: before the first end token (end:
+    and it), less a run of lead_ids at the start (a chat template that strips those)."""
     ends = torch.isin(tokens, end_ids).long()
     seen = ends.cumsum(-1) - ends * end == 0
     if lead_ids is not None and len(lead_ids):
@@ -198,47 +186,44 @@ def attention_bias(valid, causal, dtype, past=0):
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def cache_keyword(model):
-    """A forward's key/value cache argument: `cache` from transformers 5.24, `past_key_values`
-    before (read from the signature: 5.0-5.23 would swallow `cache` in **kwargs, unused)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def new_cache(config, layers=()):
-    """A DynamicCache holding layers [(keys, values), ...], filled by `update`, which every
-    transformers release from 4.51 honours (its constructor takes the config from 4.56)."""
+def cached(model, layers=()):
+    """The body's keyword arguments for a DynamicCache holding layers [(keys, values), ...], filled
+    by `update` as every transformers release from 4.51 allows; from the signatures: the cache
+    takes the config from 4.56, its keyword is `cache` from 5.24 (5.0-5.23 would swallow `cache`
+    in **kwargs, unused), `past_key_values` before."""
     from transformers import DynamicCache
     takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
-    cache = DynamicCache(config=config) if takes_config else DynamicCache()
+    cache = DynamicCache(config=model.config) if takes_config else DynamicCache()
     for i, (keys, values) in enumerate(layers):
         cache.update(keys, values, i)
-    return cache
+    keyword = "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else \
+        "past_key_values"
+    return {"use_cache": True, keyword: cache}
 
 
-def prefixes_read(model, prefixes):
-    """Each chat prefix (ids) read once by the model's body: [(its keys and values [(keys,
-    values), ...], its last hidden state (1, 1, h))], which every row of its prompt reads first."""
+def chats(model, prefixes, suffixes):
+    """Each prompt's chat around the response: its prefix (ids) read once by the model's body,
+    its keys and values [(keys, values), ...] and last hidden state (1, 1, h); its suffix (ids)."""
     E = model.get_input_embeddings().weight
     read = []
-    for prefix in prefixes:
-        cache = new_cache(model.config)
+    for prefix, suffix in zip(prefixes, suffixes):
+        cache = cached(model)
         with torch.inference_mode(False), torch.no_grad():        # (plain tensors, under any mode)
-            h = model.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)],
-                                 use_cache=True, **{cache_keyword(model.base_model): cache})
-        read.append(([(keys, values) for keys, values, *_ in cache], h.last_hidden_state[:, -1:]))
+            h = model.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)], **cache)
+        past = [(keys, values) for keys, values, *_ in list(cache.values())[-1]]
+        read.append((past, h.last_hidden_state[:, -1:], torch.tensor(suffix, device=E.device)))
     return read
 
 
 def hidden(model, e, valid, past=()):
     """The body's last hidden states (N, T, h) on input embeddings e (N, T, d) behind a prefix
-    read by `prefixes_read`; valid (N, T): the positions read (the rest hidden from attention)."""
+    read by `chats`; valid (N, T): the positions read (the rest hidden from attention)."""
     P = past[0][0].shape[-2] if past else 0
     layers = [(keys.expand(len(e), -1, -1, -1), values.expand(len(e), -1, -1, -1))
               for keys, values in past]
     return model.base_model(inputs_embeds=e, attention_mask=attention_bias(valid, True, e.dtype, P),
-                            position_ids=P + (valid.cumsum(1) - 1).clamp(min=0), use_cache=True,
-                            **{cache_keyword(model.base_model): new_cache(model.config, layers)}
-                            ).last_hidden_state
+                            position_ids=P + (valid.cumsum(1) - 1).clamp(min=0),
+                            **cached(model, layers)).last_hidden_state
 
 
 def rm_score(rm, e, valid, past=()):
@@ -249,56 +234,55 @@ def rm_score(rm, e, valid, past=()):
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
     """The classifier's reward for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), N =
-    len(prefixes) x K rows, prompt-major. A row reads its prompt's chat prefix (ids), e where
-    `reads(tokens, end_ids, lead_ids)`, then the suffix. Each prompt's K rows run on their own."""
+    len(prefixes) x K rows, prompt-major, each prompt's on their own: its chat prefix, e where
+    `reads(tokens, end_ids, lead_ids)` (the rest hidden), its suffix; R read at the last."""
     E = rm.get_input_embeddings().weight
     end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
     lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
-    read = prefixes_read(rm, prefixes)
-    after = [E[torch.tensor(suffix, device=E.device)] for suffix in suffixes]   # (S, d) each
+    read = chats(rm, prefixes, suffixes)
 
     def reward(e, tokens):
-        expect(e.shape[:2] == tokens.shape and len(e) == K * len(read), f"reward: e (N, L, d) "
-               f"and tokens (N, L) need N = {K * len(read)} rows, got {tuple(e.shape)}, "
-               f"{tuple(tokens.shape)}")
+        expect(len(e) == len(tokens) == K * len(read), f"reward: {len(e)} rows of e, {len(tokens)}"
+               f" of tokens, not K = {K} for each of its {len(read)} prompts")
         R = []
-        for i, ((past, _), suffix) in enumerate(zip(read, after)):
+        for i, (past, _, suffix) in enumerate(read):
             rows = slice(i * K, (i + 1) * K)
-            x = torch.cat([e[rows].to(E.dtype), suffix.expand(K, -1, -1)], 1)   # (K, L + S, d)
+            x = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)   # (K, L + S, d)
             whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
-            R.append(rm_score(rm, x, torch.cat([reads(tokens[rows], end_ids, lead_ids), whole], 1),
-                              past))
+            valid = torch.cat([reads(tokens[rows], end_ids, lead_ids), whole], 1)
+            R.append(rm_score(rm, x, valid, past))
         return torch.cat(R)
 
     return reward
 
 
 def make_loglik_reward(lm, prefixes, suffixes, K, end_ids, vocab):
-    """A causal LM's reward for `sample` (the authors' second kind): reward(e, tokens, relaxed) ->
-    R (N,), the mean log-likelihood lp the LM gives a row's targets, its response up to and with
-    its first end token, then the suffix (ids), behind its prompt's chat prefix. vocab (V,): the
-    LM's id of each dLLM token. A masked position's target is relaxed like its input, from guide's
-    relaxed = (idx, q, x, w): soft = sum_i sg(q_i) lp_i, hard = lp_x, soft + sg(w (hard - soft))."""
+    """The causal LM's reward (the authors' second): reward(e, tokens, relaxed) -> R (N,), the mean
+    log-likelihood lp the LM gives a row's targets: its response up to and with its first end
+    token, then the suffix. vocab (V,): the LM's id of each dLLM token. A masked position's target
+    is relaxed like its input, from guide's (idx, q, x, w): soft = sum_i sg(q_i) lp_i, hard = lp_x,
+    soft + sg(w (hard - soft)). Rows as make_reward's."""
     E = lm.get_input_embeddings().weight
     end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
-    read = prefixes_read(lm, prefixes)
-    after = [torch.tensor(suffix, device=E.device) for suffix in suffixes]      # (S,) each
+    read = chats(lm, prefixes, suffixes)
 
     def reward(e, tokens, relaxed):
-        expect(e.shape[:2] == tokens.shape and len(e) == K * len(read), f"reward: e (N, L, d) "
-               f"and tokens (N, L) need N = {K * len(read)} rows, got {tuple(e.shape)}, "
-               f"{tuple(tokens.shape)}")
+        expect(len(e) == len(tokens) == K * len(read), f"reward: {len(e)} rows of e, {len(tokens)}"
+               f" of tokens, not K = {K} for each of its {len(read)} prompts")
         idx, q, x, w = relaxed                                   # (N, m), (N, m, V), (N, m) x2
         R = []
-        for i, ((past, last), suffix) in enumerate(zip(read, after)):
+        for i, (past, last, suffix) in enumerate(read):
             rows = slice(i * K, (i + 1) * K)
             targets = torch.cat([vocab[tokens[rows]], suffix.expand(K, -1)], 1)   # (K, T) ids
             whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
             valid = torch.cat([reads(tokens[rows], end_ids, end=True), whole], 1)  # read, scored
-            inputs = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)
-            h = torch.cat([last.expand(K, -1, -1), hidden(lm, inputs, valid, past)], 1)
-            lp = torch.log_softmax(lm.get_output_embeddings()(predictors(h, valid)), -1,
-                                   dtype=torch.float32)                    # (K, T, V_lm)
+            x_in = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)
+            h = torch.cat([last.expand(K, -1, -1), hidden(lm, x_in, valid, past)], 1)
+            # target t's log-probabilities, from the last position read before it (0: the prefix)
+            seen = torch.where(valid, torch.arange(1, valid.shape[1] + 1, device=E.device), 0)
+            before = torch.cat([torch.zeros_like(seen[:, :1]), seen.cummax(-1).values[:, :-1]], 1)
+            h = h.gather(1, before.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+            lp = torch.log_softmax(lm.get_output_embeddings()(h), -1, dtype=torch.float32)
             # each target's weights P over the LM's vocabulary: one-hot; sg(q) where masked
             q_lm = q.new_zeros(K, q.shape[1], lp.shape[-1]).index_add_(-1, vocab, q[rows])
             P = torch.zeros_like(lp).scatter_(-1, targets.unsqueeze(-1), 1.0)
@@ -315,14 +299,6 @@ def make_loglik_reward(lm, prefixes, suffixes, K, end_ids, vocab):
     return reward
 
 
-def predictors(h, valid):
-    """Each target's predictor (N, T, h): the hidden state of the last position read before it,
-    from h (N, 1 + T, h) whose row 0 is the prefix's last; valid (N, T): the positions read."""
-    read = torch.where(valid, torch.arange(1, valid.shape[1] + 1, device=valid.device), 0)
-    before = torch.cat([torch.zeros_like(read[:, :1]), read.cummax(-1).values[:, :-1]], 1)
-    return h.gather(1, before.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-
-
 # -----------------------------------------------------------------------------
 # 3. The guided step (Algorithm 1, lines 2-3)
 
@@ -330,28 +306,24 @@ def predictors(h, valid):
 def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr=0.5,
           temperature=0.7, top_p=0.95, entropy_from="sampling", betas=(0.9, 0.999), eps=1e-8):
     """Algorithm 1, lines 2-3: psi (N, m, V) after M steps of torch.optim.Adam on -sum_n R_n, and
-    the number of updates whose R or gradient was not finite (a tensor, not read back; their rows'
-    gradient is zero). logits (N, m, V): the denoiser's at the masked positions idx (N, m) of y
-    (N, L), as many in every row. reward(e (N, L, d), tokens (N, L)) -> R (N,), differentiable in
-    e; a reward with a keyword `relaxed` gets relax's parts there too, (idx, q, x, w). embedding
-    (V, d): E^R; generator: one, or one per prompt (see `uniform`). Any grad mode: autograd is
-    opened here (Dream's generate, for one, runs under no_grad)."""
+    the number of updates whose R or gradient was not finite (their rows' gradient is zero).
+    logits: the denoiser's at the masked positions idx (N, m) of y (N, L), as many in every row.
+    reward(e (N, L, d), tokens (N, L)) -> R (N,), differentiable in e; with a keyword `relaxed`
+    it gets relax's parts (idx, q, x, w) too. Any grad mode: autograd is opened here."""
     expect(logits.dim() == 3 and idx.shape == logits.shape[:2] and y.shape[0] == len(idx),
            "logits (N, m, V), idx (N, m) and y (N, L) do not agree in N and m")
     expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr >= 0")
-    expect(not embedding.is_inference(), "embedding was made under torch.inference_mode(): "
-           "autograd cannot pass through it; make E^R outside that mode")
     relaxed = "relaxed" in inspect.signature(reward).parameters
     b1, b2 = betas
 
     with torch.inference_mode(False), torch.enable_grad():      # (tensors autograd can use)
         # line 2: psi <- the logits at the masked positions (a copy: the dLLM stays frozen)
         psi = f32(logits).detach().clone()
-        y, idx = y.clone(), idx.clone()
+        embedding = embedding.clone() if embedding.is_inference() else embedding   # (autograd's)
         moment1 = moment2 = 0.0                                  # Adam's moments
         skipped = torch.zeros((), dtype=torch.long, device=psi.device)
         e_known = embedding[y.scatter(1, idx, 0)]               # (N, L, d): E^R[y] if revealed
-        at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
+        at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1]).clone()    # (N, m, d)
 
         # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
         for t in range(1, M + 1):
@@ -361,8 +333,8 @@ def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr
             tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
             parts = {"relaxed": (idx, q.detach(), x, w)} if relaxed else {}
             R = reward(e_known.scatter(1, at, e), tokens, **parts)   # (N,)
-            expect(torch.is_tensor(R) and R.shape == y.shape[:1],
-                   f"reward gave {described(R)}, not R (N,) = ({len(y)},)")
+            expect(torch.is_tensor(R) and R.shape == y.shape[:1], f"reward gave "
+                   f"{tuple(R.shape) if torch.is_tensor(R) else R!r}, not R (N,) = ({len(y)},)")
             expect(R.requires_grad, "reward: R has no gradient path to e (scored from the tokens "
                    "alone, or detached): guidance follows dR/de")
             g, = torch.autograd.grad(-R.sum(), psi, allow_unused=True)
@@ -385,43 +357,11 @@ def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr
 # 4. The sampler (Algorithm 1) and the logits hook
 
 
-def dllm_logits(model, ids, valid, last=None):
-    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows, row i predicting token i:
-    Dream predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
-    T = ids.shape[1]
-    shift = int(getattr(model.config, "shift_logits", False))
-    rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
-    return model(input_ids=ids, attention_mask=attention_bias(valid, False, model.dtype),
-                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
-
-
-def make_denoiser(model, prompts, K, L):
-    """Line 1's denoiser for a transformers model: denoiser(y (N, L)) -> fp32 logits (N, L, V)
-    behind the prompts (lists of ids), K rows each. Each prompt's rows run on their own,
-    unpadded: a prompt's logits do not depend on the prompts beside it."""
-    longest = max(map(len, prompts)) + L
-    room = model.config.max_position_embeddings
-    expect(longest <= room, f"a prompt + L = {longest} tokens exceeds the dLLM's {room} positions")
-    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
-
-    def denoiser(y):
-        expect(y.shape == (K * len(prompts), L), f"denoiser: y must be ({K * len(prompts)}, {L}), "
-               f"K = {K} rows for each of its {len(prompts)} prompts, got {tuple(y.shape)}: one "
-               "seed per prompt")
-        ids = [torch.cat([prompt, y_i], 1) for prompt, y_i in zip(prompts, y.split(K))]
-        logits = [dllm_logits(model, x, torch.ones_like(x, dtype=torch.bool), L) for x in ids]
-        return torch.cat(logits).float()
-
-    return denoiser
-
-
 def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, on_step=None):
     """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates per step
-    (T,). denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it;
-    embedding (V, d): E^R. A prompt's rows draw from generators of its seed alone. y0: the start
-    (default: all masked). on_step(k, y, likely) follows a step that reveals; likely: the unguided
-    argmax where masked. Logits that are not numbers (NaN, +inf) are refused after the loop,
-    naming the step (nothing is read back inside it)."""
+    (T,). denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it.
+    A prompt's rows draw from generators of its seed alone. y0: the start (default: all masked).
+    on_step(k, y, likely) follows a step that reveals; likely: the unguided argmax where masked."""
     expect(seeds and all(type(s) is int and 0 <= s < 2**63 for s in seeds),
            f"seeds must be a list of ints in [0, 2**63), got {seeds!r}")
     expect(torch.is_tensor(embedding) and embedding.dim() == 2, "embedding must be E^R (V, d)")
@@ -433,7 +373,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
     gen_guide = [torch.Generator(device).manual_seed(s + 7919) for s in seeds]   # guidance's own
     eos_ids = torch.as_tensor(eos_ids, dtype=torch.long, device=device)
     skipped = torch.zeros(cfg.T, dtype=torch.long, device=device)
-    broken = torch.zeros(cfg.T, dtype=torch.bool, device=device)   # steps whose logits are NaN
+    broken = torch.zeros(cfg.T, dtype=torch.bool, device=device)   # steps whose q is NaN
 
     for k in range(cfg.T):
         if counts[k] == 0:                      # nothing to reveal: the step is skipped
@@ -465,10 +405,9 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
         if on_step:
             on_step(k, y, y.scatter(1, idx, logits.argmax(-1)))
 
-    if broken.any():                            # (the one read, after the loop)
+    if broken.any():                            # (the one read, after the loop: NaN in, noise out)
         raise FloatingPointError(f"denoiser: its logits at step {int(broken.int().argmax())} "
-                                 "(from 0) are not numbers (NaN or inf): tokens drawn from them "
-                                 "would be noise")
+                                 "(from 0) are not numbers (NaN or inf)")
     return y, skipped
 
 
@@ -478,7 +417,7 @@ def masked_logits(denoiser, y, idx, mask_id, V):
     with torch.no_grad():
         logits = denoiser(y)
     expect(torch.is_tensor(logits) and logits.is_floating_point() and logits.shape == (*y.shape, V),
-           f"denoiser gave {described(logits)}, not float logits (N, L, V) = "
+           f"denoiser gave {tuple(getattr(logits, 'shape', ()))}, not float logits (N, L, V) = "
            f"{(*y.shape, V)}: N = len(seeds) x K, V = len(embedding)")
     logits = f32(logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, V)))
     if mask_id < V:
@@ -920,6 +859,36 @@ def open_dllm(name_or_path):
 
     tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)      # LLaDA's does not name it
     return path, kind, config, tokenizer
+
+
+def dllm_logits(model, ids, valid, last=None):
+    """ids, valid (B, T) -> logits (B, T, V), or the last `last` rows, row i predicting token i:
+    Dream predicts token i at position i - 1 (position 0 keeps its own), LLaDA at position i."""
+    T = ids.shape[1]
+    shift = int(getattr(model.config, "shift_logits", False))
+    rows = (torch.arange(T - (last or T), T, device=ids.device) - shift).clamp(min=0)
+    return model(input_ids=ids, attention_mask=attention_bias(valid, False, model.dtype),
+                 position_ids=(valid.cumsum(1) - 1).clamp(min=0), logits_to_keep=rows).logits
+
+
+def make_denoiser(model, prompts, K, L):
+    """Line 1's denoiser for a transformers model: denoiser(y (N, L)) -> fp32 logits (N, L, V)
+    behind the prompts (lists of ids), K rows each. Each prompt's rows run on their own,
+    unpadded: a prompt's logits do not depend on the prompts beside it."""
+    longest = max(map(len, prompts)) + L
+    room = model.config.max_position_embeddings
+    expect(longest <= room, f"a prompt + L = {longest} tokens exceeds the dLLM's {room} positions")
+    prompts = [torch.tensor([p], device=model.device).expand(K, -1) for p in prompts]
+
+    def denoiser(y):
+        expect(y.shape == (K * len(prompts), L), f"denoiser: y must be ({K * len(prompts)}, {L}), "
+               f"K = {K} rows for each of its {len(prompts)} prompts, got {tuple(y.shape)}: one "
+               "seed per prompt")
+        ids = [torch.cat([prompt, y_i], 1) for prompt, y_i in zip(prompts, y.split(K))]
+        logits = [dllm_logits(model, x, torch.ones_like(x, dtype=torch.bool), L) for x in ids]
+        return torch.cat(logits).float()
+
+    return denoiser
 
 
 def load_dllm(name_or_path, device="cpu", dtype="auto", opened=None):
