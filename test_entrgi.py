@@ -623,3 +623,6 @@ def test_the_memory_trace_counts_what_a_real_run_allocates(capsys):
     entrgi.main(["--benchmark", "real", "--benchmark-memory"])
     printed = capsys.readouterr().out
     assert "weights 17.39 GiB + E^R 0.58 GiB + the step's peak" in printed
+    loglik = entrgi.memory_trace("real", reward="loglik")                     # Qwen3-1.7B, a causal LM
+    total = loglik["weights_gib"] + loglik["embedding_gib"] + loglik["step_peak_gib"]
+    assert loglik["weights_gib"] == pytest.approx(17.39, abs=0.005) and total < 22.0   # a 24 GB card's 22.5 - 0.5

@@ -65,10 +65,11 @@ def test_the_readme_has_its_three_snippets():
 
 
 @pytest.mark.parametrize("n", range(3))
-def test_readme_snippet_runs(n, dream_dir, llada_dir, rm_dir):
+def test_readme_snippet_runs(n, dream_dir, llada_dir, rm_dir, lm_dir):
     code = snippets()[n]
     replace = {'"Dream-org/Dream-v0-Instruct-7B"': repr(dream_dir), '"GSAI-ML/LLaDA-8B-Instruct"': repr(llada_dir),
-               '"Skywork/Skywork-Reward-V2-Qwen3-1.7B"': repr(rm_dir), "T=128, L=128": "T=8, L=8",
+               '"Skywork/Skywork-Reward-V2-Qwen3-1.7B"': repr(rm_dir), '"Qwen/Qwen3-0.6B"': repr(lm_dir),
+               "T=128, L=128": "T=8, L=8",
                'device = "cuda"\n': 'device = "cpu"\n',
                "from transformers import AutoModel, AutoTokenizer\n": ""}
     for old, new in replace.items():
@@ -79,4 +80,6 @@ def test_readme_snippet_runs(n, dream_dir, llada_dir, rm_dir):
     torch.manual_seed(0)
     exec(compile(code, f"README.md python snippet {n + 1}", "exec"), scope)
     texts, cfg = scope["texts"], scope["cfg"]
+    if "loglik_texts" in code:                                         # each text's mean log-likelihood
+        assert scope["R"].shape == (cfg.K,) and (scope["R"] < 0).all()
     assert len(texts) == cfg.K and all(isinstance(t, str) for t in texts)
