@@ -2054,10 +2054,20 @@ def cpu_threads(device):
     if torch.device(device).type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return
     cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    torch.set_num_threads(max(1, min(cores, cores - round(load))))
-    print(f"entrgi.py: note: {plural(torch.get_num_threads(), 'CPU thread')} ({cores} cores, load "
-          f"{load:.1f}; OMP_NUM_THREADS=N sets another number)", file=sys.stderr)
+    busy = other_work()
+    torch.set_num_threads(max(1, min(cores, cores - round(busy))))
+    print(f"entrgi.py: note: {plural(torch.get_num_threads(), 'CPU thread')} ({cores} cores, "
+          f"{busy:g} busy with other work; OMP_NUM_THREADS=N sets another number)", file=sys.stderr)
+
+
+def other_work():
+    """How many cores other work keeps busy now: the processes running beside this one (Linux's
+    /proc/loadavg; the 1-minute average lags a minute behind), else the 1-minute load average."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0
 
 
 def deterministic(device):

@@ -317,11 +317,11 @@ def test_memory_a_run_needs_is_refused_before_any_weights_load(dream_dir, rm_dir
 @pytest.mark.parametrize("load, threads", [(0.0, None), (50.0, 1)])
 def test_a_cpu_run_picks_its_threads_from_the_load_and_says_so(load, threads, dream_dir, rm_dir, capsys,
                                                                monkeypatch):
-    """Without OMP_NUM_THREADS, a CPU run takes one thread per core that the load leaves free (at least one) and
-    says so; with it, torch's own count stands, unsaid."""
+    """Without OMP_NUM_THREADS, a CPU run takes one thread per core that other work leaves free (at least one) and
+    says so; with it, torch's own count stands, unsaid. other_work reads the processes running now."""
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(entrgi.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(entrgi, "other_work", lambda: load)
     monkeypatch.setattr(entrgi, "run", lambda args: None)
     try:
         entrgi.main(["--prompt", "Hello", "--device", "cpu"])
@@ -332,6 +332,7 @@ def test_a_cpu_run_picks_its_threads_from_the_load_and_says_so(load, threads, dr
         assert "CPU thread" not in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+    assert 0 <= entrgi.other_work() < 10_000
 
 
 def test_help_names_every_environment_variable_and_the_presets_sizes(capsys):
