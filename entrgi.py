@@ -187,10 +187,9 @@ def attention_bias(valid, causal, dtype, past=0):
 
 
 def cached(model, layers=()):
-    """The body's keyword arguments for a DynamicCache holding layers [(keys, values), ...], filled
-    by `update` as every transformers release from 4.51 allows; from the signatures: the cache
-    takes the config from 4.56, its keyword is `cache` from 5.24 (5.0-5.23 would swallow `cache`
-    in **kwargs, unused), `past_key_values` before."""
+    """The body's keyword arguments for a DynamicCache holding layers [(keys, values), ...] (by
+    `update`, as every transformers from 4.51 allows): from the signatures, the config from 4.56,
+    the keyword `cache` from 5.24 (5.0-5.23 swallow it unused), `past_key_values` before."""
     from transformers import DynamicCache
     takes_config = "config" in inspect.signature(DynamicCache.__init__).parameters
     cache = DynamicCache(config=model.config) if takes_config else DynamicCache()
@@ -201,23 +200,37 @@ def cached(model, layers=()):
     return {"use_cache": True, keyword: cache}
 
 
-def chats(model, prefixes, suffixes):
-    """Each prompt's chat around the response: its prefix (ids) read once by the model's body,
-    its keys and values [(keys, values), ...] and last hidden state (1, 1, h); its suffix (ids)."""
+def chats(model, prefixes, suffixes, K):
+    """Each prompt's chat around its K responses: its prefix (ids) read once by the model's body.
+    read(e (N, L, d), seen (N, L)) yields, prompt by prompt, N = len(prefixes) x K rows: (its rows,
+    its suffix (ids), the positions read (K, L + S), the hidden states (K, 1 + L + S, h): the
+    prefix's last, then e where seen (the rest hidden from attention) and the suffix's)."""
     E = model.get_input_embeddings().weight
-    read = []
+    chat = []
     for prefix, suffix in zip(prefixes, suffixes):
         cache = cached(model)
         with torch.inference_mode(False), torch.no_grad():        # (plain tensors, under any mode)
             h = model.base_model(inputs_embeds=E[torch.tensor([prefix], device=E.device)], **cache)
         past = [(keys, values) for keys, values, *_ in list(cache.values())[-1]]
-        read.append((past, h.last_hidden_state[:, -1:], torch.tensor(suffix, device=E.device)))
+        chat.append((past, h.last_hidden_state[:, -1:], torch.tensor(suffix, device=E.device)))
+
+    def read(e, seen):
+        expect(len(e) == len(seen) == K * len(chat), f"reward: {len(e)} rows of e, {len(seen)} of "
+               f"tokens, not K = {K} for each of its {len(chat)} prompts")
+        for i, (past, last, suffix) in enumerate(chat):
+            rows = slice(i * K, (i + 1) * K)
+            whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
+            valid = torch.cat([seen[rows], whole], 1)
+            x = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)   # (K, L + S, d)
+            yield rows, suffix, valid, torch.cat([last.expand(K, -1, -1), hidden(model, x, valid,
+                                                                                    past)], 1)
+
     return read
 
 
 def hidden(model, e, valid, past=()):
-    """The body's last hidden states (N, T, h) on input embeddings e (N, T, d) behind a prefix
-    read by `chats`; valid (N, T): the positions read (the rest hidden from attention)."""
+    """The body's last hidden states (N, T, h) on input embeddings e (N, T, d), behind `past` keys
+    and values of one row; valid (N, T): the positions read (the rest hidden from attention)."""
     P = past[0][0].shape[-2] if past else 0
     layers = [(keys.expand(len(e), -1, -1, -1), values.expand(len(e), -1, -1, -1))
               for keys, values in past]
@@ -226,32 +239,22 @@ def hidden(model, e, valid, past=()):
                             **cached(model, layers)).last_hidden_state
 
 
-def rm_score(rm, e, valid, past=()):
-    """R (N,): the score head on the last position's hidden state, where transformers' classifier
-    pools (padding anywhere but last)."""
-    return rm.score(hidden(rm, e, valid, past)[:, -1]).squeeze(-1).float()
+def rm_score(rm, h):
+    """R (N,) from hidden states h (N, T, h): the score head at the last position, where
+    transformers' classifier pools (padding anywhere but last)."""
+    return rm.score(h[:, -1]).squeeze(-1).float()
 
 
 def make_reward(rm, prefixes, suffixes, K, end_ids, lead_ids=()):
-    """The classifier's reward for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), N =
-    len(prefixes) x K rows, prompt-major, each prompt's on their own: its chat prefix, e where
-    `reads(tokens, end_ids, lead_ids)` (the rest hidden), its suffix; R read at the last."""
-    E = rm.get_input_embeddings().weight
-    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
-    lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=E.device)
-    read = chats(rm, prefixes, suffixes)
+    """The classifier's reward for `sample`: reward(e (N, L, d), tokens (N, L)) -> R (N,), the score
+    of each row's chat (`chats`), e read where `reads(tokens, end_ids, lead_ids)`."""
+    device = rm.get_input_embeddings().weight.device
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=device)
+    lead_ids = torch.as_tensor(lead_ids, dtype=torch.long, device=device)
+    read = chats(rm, prefixes, suffixes, K)
 
     def reward(e, tokens):
-        expect(len(e) == len(tokens) == K * len(read), f"reward: {len(e)} rows of e, {len(tokens)}"
-               f" of tokens, not K = {K} for each of its {len(read)} prompts")
-        R = []
-        for i, (past, _, suffix) in enumerate(read):
-            rows = slice(i * K, (i + 1) * K)
-            x = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)   # (K, L + S, d)
-            whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
-            valid = torch.cat([reads(tokens[rows], end_ids, lead_ids), whole], 1)
-            R.append(rm_score(rm, x, valid, past))
-        return torch.cat(R)
+        return torch.cat([rm_score(rm, h) for *_, h in read(e, reads(tokens, end_ids, lead_ids))])
 
     return reward
 
@@ -261,38 +264,26 @@ def make_loglik_reward(lm, prefixes, suffixes, K, end_ids, vocab):
     log-likelihood lp the LM gives a row's targets: its response up to and with its first end
     token, then the suffix. vocab (V,): the LM's id of each dLLM token. A masked position's target
     is relaxed like its input, from guide's (idx, q, x, w): soft = sum_i sg(q_i) lp_i, hard = lp_x,
-    soft + sg(w (hard - soft)). Rows as make_reward's."""
-    E = lm.get_input_embeddings().weight
-    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=E.device)
-    read = chats(lm, prefixes, suffixes)
+    soft + sg(w (hard - soft))."""
+    end_ids = torch.as_tensor(end_ids, dtype=torch.long, device=vocab.device)
+    read = chats(lm, prefixes, suffixes, K)
 
     def reward(e, tokens, relaxed):
-        expect(len(e) == len(tokens) == K * len(read), f"reward: {len(e)} rows of e, {len(tokens)}"
-               f" of tokens, not K = {K} for each of its {len(read)} prompts")
         idx, q, x, w = relaxed                                   # (N, m), (N, m, V), (N, m) x2
         R = []
-        for i, (past, last, suffix) in enumerate(read):
-            rows = slice(i * K, (i + 1) * K)
+        for rows, suffix, valid, h in read(e, reads(tokens, end_ids, end=True)):
             targets = torch.cat([vocab[tokens[rows]], suffix.expand(K, -1)], 1)   # (K, T) ids
-            whole = torch.ones(K, len(suffix), dtype=torch.bool, device=E.device)
-            valid = torch.cat([reads(tokens[rows], end_ids, end=True), whole], 1)  # read, scored
-            x_in = torch.cat([e[rows].to(E.dtype), E[suffix].expand(K, -1, -1)], 1)
-            h = torch.cat([last.expand(K, -1, -1), hidden(lm, x_in, valid, past)], 1)
             # target t's log-probabilities, from the last position read before it (0: the prefix)
-            seen = torch.where(valid, torch.arange(1, valid.shape[1] + 1, device=E.device), 0)
+            seen = torch.where(valid, torch.arange(1, valid.shape[1] + 1, device=h.device), 0)
             before = torch.cat([torch.zeros_like(seen[:, :1]), seen.cummax(-1).values[:, :-1]], 1)
             h = h.gather(1, before.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
             lp = torch.log_softmax(lm.get_output_embeddings()(h), -1, dtype=torch.float32)
-            # each target's weights P over the LM's vocabulary: one-hot; sg(q) where masked
-            q_lm = q.new_zeros(K, q.shape[1], lp.shape[-1]).index_add_(-1, vocab, q[rows])
-            P = torch.zeros_like(lp).scatter_(-1, targets.unsqueeze(-1), 1.0)
-            P.scatter_(1, idx[rows].unsqueeze(-1).expand_as(q_lm), q_lm)
-            del q_lm                                 # (its memory, for the backward)
-            ll = torch.einsum("ktv,ktv->kt", lp, P)              # sum_i P_i lp_i; masked: soft
-            soft = ll.detach().gather(1, idx[rows])                          # (K, m)
-            k = torch.arange(K, device=E.device).unsqueeze(-1)
-            hard = soft if x is None else lp.detach()[k, idx[rows], vocab[x[rows]]]   # lp_x
-            ll = ll.scatter_add(1, idx[rows], w[rows] * (hard - soft))   # + sg(w (hard - soft))
+            ll = lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)      # (K, T): the hard targets'
+            at = idx[rows].unsqueeze(-1)
+            lp_m = lp.gather(1, at.expand(-1, -1, lp.shape[-1]))[..., vocab]   # (K, m, V) masked
+            soft = (q[rows] * lp_m).sum(-1)                              # sum_i sg(q_i) lp_i
+            hard = soft if x is None else lp_m.gather(-1, x[rows].unsqueeze(-1)).squeeze(-1)
+            ll = ll.scatter(1, idx[rows], soft + (w[rows] * (hard - soft)).detach())
             R.append((ll * valid).sum(-1) / valid.sum(-1))
         return torch.cat(R)
 
@@ -303,52 +294,53 @@ def make_loglik_reward(lm, prefixes, suffixes, K, end_ids, vocab):
 # 3. The guided step (Algorithm 1, lines 2-3)
 
 
+@torch.inference_mode(False)     # whatever the caller's mode: tensors autograd can use, and
+@torch.enable_grad()             # autograd on (Dream's generate, for one, runs under no_grad)
 def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr=0.5,
           temperature=0.7, top_p=0.95, entropy_from="sampling", betas=(0.9, 0.999), eps=1e-8):
     """Algorithm 1, lines 2-3: psi (N, m, V) after M steps of torch.optim.Adam on -sum_n R_n, and
-    the number of updates whose R or gradient was not finite (their rows' gradient is zero).
-    logits: the denoiser's at the masked positions idx (N, m) of y (N, L), as many in every row.
-    reward(e (N, L, d), tokens (N, L)) -> R (N,), differentiable in e; with a keyword `relaxed`
-    it gets relax's parts (idx, q, x, w) too. Any grad mode: autograd is opened here."""
+    the updates whose R or gradient was not finite (counted; their rows' gradient zero). logits:
+    the denoiser's at the masked positions idx (N, m) of y (N, L). reward(e (N, L, d), tokens (N,
+    L)) -> R (N,), differentiable in e, gets relax's (idx, q, x, w) too as a keyword `relaxed`."""
     expect(logits.dim() == 3 and idx.shape == logits.shape[:2] and y.shape[0] == len(idx),
            "logits (N, m, V), idx (N, m) and y (N, L) do not agree in N and m")
     expect(type(M) is int and M >= 0 and 0 <= lr < math.inf, "M must be an int >= 0, lr >= 0")
     relaxed = "relaxed" in inspect.signature(reward).parameters
     b1, b2 = betas
 
-    with torch.inference_mode(False), torch.enable_grad():      # (tensors autograd can use)
-        # line 2: psi <- the logits at the masked positions (a copy: the dLLM stays frozen)
-        psi = f32(logits).detach().clone()
-        embedding = embedding.clone() if embedding.is_inference() else embedding   # (autograd's)
-        moment1 = moment2 = 0.0                                  # Adam's moments
-        skipped = torch.zeros((), dtype=torch.long, device=psi.device)
-        e_known = embedding[y.scatter(1, idx, 0)]               # (N, L, d): E^R[y] if revealed
-        at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1]).clone()    # (N, m, d)
+    # line 2: psi <- the logits at the masked positions (a copy: the dLLM stays frozen)
+    psi = f32(logits).detach().clone()
+    embedding = embedding.clone() if embedding.is_inference() else embedding   # (autograd's)
+    idx = idx.clone()                                        # (so is idx, under any mode)
+    moment1 = moment2 = 0.0                                  # Adam's moments
+    skipped = torch.zeros((), dtype=torch.long, device=psi.device)
+    e_known = embedding[y.scatter(1, idx, 0)]               # (N, L, d): E^R[y] if revealed
+    at = idx.unsqueeze(-1).expand(-1, -1, e_known.shape[-1])    # (N, m, d)
 
-        # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
-        for t in range(1, M + 1):
-            psi.requires_grad_(True)
-            e, q, x, w = relax(psi, embedding, method, temperature, top_p, generator,
-                               entropy_from=entropy_from)
-            tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
-            parts = {"relaxed": (idx, q.detach(), x, w)} if relaxed else {}
-            R = reward(e_known.scatter(1, at, e), tokens, **parts)   # (N,)
-            expect(torch.is_tensor(R) and R.shape == y.shape[:1], f"reward gave "
-                   f"{tuple(R.shape) if torch.is_tensor(R) else R!r}, not R (N,) = ({len(y)},)")
-            expect(R.requires_grad, "reward: R has no gradient path to e (scored from the tokens "
-                   "alone, or detached): guidance follows dR/de")
-            g, = torch.autograd.grad(-R.sum(), psi, allow_unused=True)
-            expect(g is not None, "reward: R does not depend on e, its first argument")
-            R = R.detach()                       # (the graph goes: its memory, for the next step)
-            del e, q
+    # line 3: M steps of Adam on psi, as torch.optim.Adam takes them
+    for t in range(1, M + 1):
+        psi.requires_grad_(True)
+        e, q, x, w = relax(psi, embedding, method, temperature, top_p, generator,
+                           entropy_from=entropy_from)
+        tokens = y.scatter(1, idx, psi.detach().argmax(-1))  # masked: argmax psi (the end)
+        parts = {"relaxed": (idx, q.detach(), x, w)} if relaxed else {}
+        R = reward(e_known.scatter(1, at, e), tokens, **parts)   # (N,)
+        expect(torch.is_tensor(R) and R.shape == y.shape[:1], f"reward gave "
+               f"{tuple(R.shape) if torch.is_tensor(R) else R!r}, not R (N,) = ({len(y)},)")
+        expect(R.requires_grad, "reward: R has no gradient path to e (scored from the tokens "
+               "alone, or detached): guidance follows dR/de")
+        g, = torch.autograd.grad(-R.sum(), psi, allow_unused=True)
+        expect(g is not None, "reward: R does not depend on e, its first argument")
+        R = R.detach()                       # (the graph goes: its memory, for the next step)
+        del e, q
 
-            finite = (R + g.sum((1, 2))).isfinite()             # (N,) the rows to update
-            skipped += (~finite).sum()
-            g = torch.where(finite[:, None, None], g, 0)
-            moment1 = b1 * moment1 + (1 - b1) * g
-            moment2 = b2 * moment2 + (1 - b2) * g**2
-            del g                                # (its memory, before the next forward)
-            psi = psi.detach() - lr * (moment1 / (1 - b1**t)) / ((moment2 / (1 - b2**t)).sqrt() + eps)
+        finite = (R + g.sum((1, 2))).isfinite()             # (N,) the rows to update
+        skipped += (~finite).sum()
+        g = torch.where(finite[:, None, None], g, 0)
+        moment1 = b1 * moment1 + (1 - b1) * g
+        moment2 = b2 * moment2 + (1 - b2) * g**2
+        del g                                # (its memory, before the next forward)
+        psi = psi.detach() - lr * (moment1 / (1 - b1**t)) / ((moment2 / (1 - b2**t)).sqrt() + eps)
 
     return psi, skipped
 
@@ -358,9 +350,9 @@ def guide(logits, y, idx, reward, embedding, generator, method="entrgi", M=3, lr
 
 
 def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, on_step=None):
-    """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows, and guide's skipped updates per step
-    (T,). denoiser(y) -> logits (N, L, V), row l predicting token l; reward: as `guide` calls it.
-    A prompt's rows draw from generators of its seed alone. y0: the start (default: all masked).
+    """Algorithm 1: y (N, L), N = len(seeds) prompts x K rows (each prompt's drawn from its seed
+    alone), and guide's skipped updates per step (T,). denoiser(y) -> logits (N, L, V), row l
+    predicting token l; reward: as `guide` calls it. y0: the start (default: all masked).
     on_step(k, y, likely) follows a step that reveals; likely: the unguided argmax where masked."""
     expect(seeds and all(type(s) is int and 0 <= s < 2**63 for s in seeds),
            f"seeds must be a list of ints in [0, 2**63), got {seeds!r}")
@@ -396,7 +388,6 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
 
         # line 4: the candidates x0 ~ top-p(q)
         x0 = top_p_sample(q, cfg.top_p, gen_x)                # (N, m)
-
         # line 5: reveal the most confident; a drawn end token last; the current block only
         reveal = most_confident(order, x0, idx, counts[k], k, eos_ids, cfg)
 
@@ -467,9 +458,9 @@ def reveal_counts(y0, mask_id, cfg, N):
 
 
 def schedule(T, n, kind="dream"):
-    """Tokens revealed at each of T steps, n in all. dream (the paper's): floor(masked (1 -
-    t_{k+1} / t_k)), t = linspace(1, 1e-3, T + 1), the rest last; linear (LLaDA's): n // T, one
-    more in the first n % T."""
+    """Tokens revealed at each of T steps, n in all. dream (the paper's): floor(masked (1 - t_{k+1}
+    / t_k)), t = linspace(1, 1e-3, T + 1), the rest last; linear (LLaDA's): n // T, +1 in the first
+    n % T."""
     if kind == "linear":
         return [n // T + (k < n % T) for k in range(T)]
     t = torch.linspace(1, 1e-3, T + 1, device="cpu")             # float32, as Dream's
@@ -480,11 +471,10 @@ def schedule(T, n, kind="dream"):
 
 
 def logits_hook(reward, embedding, cfg, mask_id, prompt_length, generator):
-    """EntRGi in a sampler of one's own, such as Dream's diffusion_generate (its
-    generation_logits_hook_func): hook(step, tokens (N, P + L), logits (N, P + L, V)) -> logits,
-    row i predicting token i. At the guided steps (0, k, 2k, ..., k = cfg.guide_every) the masked
-    response rows become psi after `guide`, in place. Revealed rows go to guide pinned at their
-    tokens (a one-hot q: no gradient), so nothing is read back to count the masked ones."""
+    """EntRGi in a sampler of one's own, as Dream's generation_logits_hook_func: hook(step, tokens
+    (N, P + L), logits (N, P + L, V)) -> logits, row i predicting token i, the masked response rows
+    replaced by psi after `guide` at the guided steps (0, k, 2k, ..., k = cfg.guide_every). Revealed
+    rows go to guide pinned at their tokens (a one-hot q: no gradient): nothing is read back."""
     P = prompt_length
     cfg.check()
     expect(type(P) is int and P >= 0, f"prompt_length must be an int >= 0, got {P!r}")
@@ -607,7 +597,7 @@ def score_texts(rm, rm_tokenizer, prompts, responses):
     E = rm.get_input_embeddings().weight
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=E.device)
     valid = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=E.device) > 0
-    return rm_score(rm, E[ids], valid)              # left-padded: the last position is real
+    return rm_score(rm, hidden(rm, E[ids], valid))   # left-padded: the last position is real
 
 
 @torch.no_grad()

@@ -276,7 +276,7 @@ def test_reward_with_its_cached_prefix_equals_the_whole_chat_row_by_row(rm):
         x = torch.cat([E[p], e[row], E[s]])[None]
         seen = entrgi.reads(tokens[row:row + 1], torch.tensor([end]))[0]
         valid = torch.cat([torch.ones(len(p), dtype=torch.bool), seen, torch.ones(len(s), dtype=torch.bool)])
-        R_full = entrgi.rm_score(rm_model, x, valid[None])
+        R_full = entrgi.rm_score(rm_model, entrgi.hidden(rm_model, x, valid[None]))
         grad_full, = torch.autograd.grad(R_full.sum(), e)
         torch.testing.assert_close(R[row], R_full[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(grad[row], grad_full[row], rtol=0, atol=1e-5)
