@@ -129,20 +129,26 @@ def build_dream(path, vocab_size=320, layers=2, hidden=64, seed=0, max_positions
     return path
 
 
-def build_reward_model(path, vocab_size=360, layers=2, hidden=64, seed=1):
-    """A random one-label Qwen3ForSequenceClassification with its own tokenizer and chat template."""
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForSequenceClassification
+def qwen3(path, vocab_size, layers, hidden, seed, **fields):
+    """A Qwen3Config for a random model saved at `path` with its own tokenizer (a byte-level BPE of its own corpus,
+    eos <|im_end|>) and chat template; the torch seed set for its weights."""
+    from transformers import PreTrainedTokenizerFast, Qwen3Config
     bpe = train_bpe(CORPUS_A[:3] + CORPUS_B, vocab_size)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     tok.chat_template = CHAT
     tok.save_pretrained(path)
     torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                         num_labels=1, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model = Qwen3ForSequenceClassification(config)
+    return Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                       pad_token_id=tok.pad_token_id, **fields)
+
+
+def build_reward_model(path, vocab_size=360, layers=2, hidden=64, seed=1):
+    """A random one-label Qwen3ForSequenceClassification with its own tokenizer and chat template."""
+    from transformers import Qwen3ForSequenceClassification
+    model = Qwen3ForSequenceClassification(qwen3(path, vocab_size, layers, hidden, seed, num_labels=1,
+                                                 tie_word_embeddings=False))
     with torch.no_grad():
         model.score.weight.normal_(0, 1.0)                       # rewards of order 1
     model.save_pretrained(path)
@@ -151,18 +157,9 @@ def build_reward_model(path, vocab_size=360, layers=2, hidden=64, seed=1):
 
 def build_causal_lm(path, vocab_size=360, layers=2, hidden=64, seed=4):
     """A random Qwen3ForCausalLM with the reward model's kind of tokenizer and chat template: a
-    log-likelihood reward (--reward loglik), laid out as Qwen/Qwen3-0.6B is."""
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-    bpe = train_bpe(CORPUS_A[:3] + CORPUS_B, vocab_size)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    tok.chat_template = CHAT
-    tok.save_pretrained(path)
-    torch.manual_seed(seed)
-    config = Qwen3Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=512, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    model = Qwen3ForCausalLM(config)
+    log-likelihood reward (--reward loglik), laid out as Qwen/Qwen3-0.6B is (tied embeddings)."""
+    from transformers import Qwen3ForCausalLM
+    model = Qwen3ForCausalLM(qwen3(path, vocab_size, layers, hidden, seed, tie_word_embeddings=True))
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0, 0.25)      # log-likelihoods that differ by text
     model.save_pretrained(path)

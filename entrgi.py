@@ -1917,14 +1917,15 @@ def fingerprint(path):
     the same for the hub's snapshot of one revision wherever it lies, another for new weights."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(path)):
-        with open(os.path.join(path, name), "rb") as f:
-            if name.endswith((".json", ".txt", ".jinja", ".model")):
-                digest.update(name.encode() + b"\0" + f.read())
-            elif name.endswith((".safetensors", ".bin")):
-                size = os.fstat(f.fileno()).st_size
-                digest.update(f"{name}\0{size}\0".encode() + f.read(2**20))
-                f.seek(max(0, size - 2**20))
-                digest.update(f.read())
+        full = os.path.join(path, name)
+        if not os.path.isfile(full) or not name.endswith(
+                (".json", ".txt", ".jinja", ".model", ".safetensors", ".bin")):
+            continue
+        with open(full, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            digest.update(f"{name}\0{size}\0".encode() + f.read(2**20))     # small files whole
+            f.seek(max(2**20, size - 2**20))
+            digest.update(f.read())
     return digest.hexdigest()[:16]
 
 
@@ -1950,7 +1951,8 @@ def load_models(args, opened, device):
     return (dllm, tok, rm, rm_tok, vocab, embedding), judge
 
 
-STEP_TENSORS = 8      # (N, L, V) float32 tensors the first step holds at its peak, at least (the trace: 9.8)
+# (N, L, V) float32 tensors the first step holds at its peak, at least (traced: 9.8 at the real size)
+STEP_TENSORS = 8
 
 
 def check_memory(args, opened, device):
@@ -1958,6 +1960,8 @@ def check_memory(args, opened, device):
     weights in the run's dtype, E^R and the first step's (N, L, V) tensors (STEP_TENSORS of them,
     N = --batch-size x --samples rows), a need known in advance (at least: activations aside)."""
     free = free_memory(device)
+    if free is not None and device == "cpu":                 # torchrun's processes on one machine
+        free //= int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     size = torch.empty((), dtype=pick_dtype(device, args.dtype)).element_size()
     weights = size * sum(weights_in(o[0]) for o in opened if o)
     config = opened[0][2]
@@ -1966,11 +1970,12 @@ def check_memory(args, opened, device):
     need = weights + step + size * config.vocab_size * opened[1][1].get("hidden_size", 0)
     if free is not None and need > free:
         gib = lambda n: f"{n / 2**30:.1f} GiB"
+        dtype = str(pick_dtype(device, args.dtype))[6:]
         raise InputError(f"the run needs at least {gib(need)} on {device}, which has {gib(free)} "
-                         f"free: the weights {gib(weights)} in {str(pick_dtype(device, args.dtype))[6:]}, "
-                         f"the first step's tensors {gib(step)} (N = {N} rows x L = "
-                         f"{args.max_new_tokens}); lower --batch-size, --samples or "
-                         "--max-new-tokens, or use a device with more memory")
+                         f"free: the weights {gib(weights)} in {dtype}, the first step's tensors "
+                         f"{gib(step)} (N = {N} rows x L = {args.max_new_tokens}); lower "
+                         "--batch-size, --samples or --max-new-tokens, or use a device with more "
+                         "memory")
 
 
 def weights_in(path):
@@ -1985,8 +1990,8 @@ def weights_in(path):
 
 
 def free_memory(device):
-    """Bytes free on `device`: CUDA's count; on a CPU the system's MemAvailable (Linux), times
-    nothing else; None where it cannot be read."""
+    """Bytes free on `device`: CUDA's count; on a CPU the system's MemAvailable (Linux); None where
+    it cannot be read."""
     if torch.device(device).type == "cuda":
         return torch.cuda.mem_get_info(torch.device(device))[0]
     try:
