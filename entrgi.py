@@ -397,8 +397,7 @@ def sample(denoiser, reward, embedding, seeds, mask_id, eos_ids, cfg, y0=None, o
             on_step(k, y, y.scatter(1, idx, logits.argmax(-1)))
 
     if broken.any():                            # (the one read, after the loop: NaN in, noise out)
-        raise FloatingPointError(f"denoiser: its logits at step {int(broken.int().argmax())} "
-                                 "(from 0) are not numbers (NaN or inf)")
+        raise FloatingPointError(f"denoiser: NaN or inf logits at step {int(broken.int().argmax())}")
     return y, skipped
 
 
@@ -926,8 +925,9 @@ def open_reward_model(name_or_path, reward="score", flag="--reward-model"):
         raise InputError(f"{flag} {what} is {names[kinds[0]]}: pass --reward {kinds[0]} to guide "
                          f"by its {'score' if kinds[0] == 'score' else 'log-likelihood'}")
     if reward not in kinds:
-        raise InputError(f"{flag} {what} is not {names[reward]} ({REWARDS[reward]}): a reward "
-                         f"model {'with --reward loglik ' if reward == 'loglik' else ''}is one")
+        must = f"{flag} with --reward {reward}" if flag == "--reward-model" else flag
+        raise InputError(f"{flag} {what} is not {names[reward]} (...{REWARDS[reward]}), as {must} "
+                         "must be")
     if reward == "score" and labels != 1:
         raise InputError(f"the reward model {name_or_path!r} has {labels} labels, not one score")
 

@@ -561,7 +561,8 @@ def test_guide_and_relax_run_without_config_and_under_no_grad():
 
 COPIED = ["relax", "entropy", "top_p_sample", "nucleus", "uniform", "expect", "guide", "sample", "schedule",
           "confidence", "logits_hook", "make_reward", "rm_score", "score_texts", "reads", "attention_bias",
-          "cached", "chats", "hidden", "make_loglik_reward", "f32", "rm_slots", "rm_chat", "Config", "most_confident", "reveal_counts",
+          "cached", "chats", "hidden", "make_loglik_reward", "f32", "rm_slots", "rm_chat", "Config", "most_confident",
+          "reveal_counts",
           "stripped_ids", "vocab_map", "dllm_logits", "make_denoiser", "masked_logits"]
 
 

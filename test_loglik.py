@@ -100,8 +100,9 @@ def test_guidance_raises_the_log_likelihood(models):
     """EntRGi with the log-likelihood reward against unguided sampling from the same seeds: 10 seed pairs x 2
     prompts x K = 4 trajectories each, each scored by the LM's mean log-likelihood of its tokens (the reward on
     the final tokens, nothing masked). Measured: a gain of 6.9 with a standard error of 0.25 over the seed pairs;
-    the margins asserted, 2.0 and 5 standard errors, lie far below it. (On text the test models' byte-level gibberish does not survive decoding, U+FFFD in place of
-    split characters: the text score is checked against its definition above.)"""
+    the margins asserted, 2.0 and 5 standard errors, lie far below it. (On text the test models' byte-level
+    gibberish does not survive decoding, U+FFFD in place of split characters: the text score is checked against
+    its definition above.)"""
     dllm, tok, lm, lm_tok, vocab = models
     K, L = 4, 8
     eos = entrgi.end_ids(tok)

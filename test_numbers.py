@@ -116,7 +116,7 @@ def test_logits_that_are_not_numbers_are_refused_naming_the_step(value, method, 
     cfg = entrgi.Config(method=method, K=2, T=6, L=6, M=2, remasking=rule)
     reward = lambda e, tokens: torch.tanh(e).sum((1, 2))
     step = [k for k, count in enumerate(entrgi.schedule(6, 6)) if count][2]
-    with pytest.raises(FloatingPointError, match=rf"denoiser: its logits at step {step} \(from 0\) are not"):
+    with pytest.raises(FloatingPointError, match=rf"denoiser: NaN or inf logits at step {step}$"):
         entrgi.sample(breaks_at(2, value), reward, torch.randn(V, 3), [0], V - 1, [0], cfg)
 
 
@@ -185,3 +185,25 @@ def test_the_method_runs_under_every_grad_mode(dream_dir, rm_dir, lm_dir):
     with torch.inference_mode():
         E = rm.get_input_embeddings().weight[torch.arange(10)]          # a new tensor: an inference tensor
         assert E.is_inference() and torch.equal(entrgi.guide(*args, reward, E, gen())[0], plain)
+
+
+def test_a_model_that_overflows_in_float16_ends_in_one_line_naming_dtype(dream_dir, rm_dir, tmp_path, capsys):
+    """A dLLM whose logits overflow float16 (its output layer scaled by 1e7; float32 and bfloat16 hold them): with
+    --dtype float16 the run ends with status 2 and one line naming the step and the flag to change, never a
+    traceback; the other dtypes run."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    big = tmp_path / "big"
+    shutil.copytree(dream_dir, big)
+    weights = load_file(str(big / "model.safetensors"))
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 1e7
+    save_file(weights, str(big / "model.safetensors"), metadata={"format": "pt"})
+    argv = ["--dllm", str(big), "--reward-model", rm_dir, "--prompt", "Hi", "--device", "cpu", "--samples", "2",
+            "--steps", "4", "--max-new-tokens", "4"]
+    with pytest.raises(SystemExit) as exit_info:
+        entrgi.main([*argv, "--dtype", "float16"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert last.startswith("entrgi.py: error: denoiser: NaN or inf logits at step ") and "--dtype float32" in last
+    entrgi.main([*argv, "--dtype", "bfloat16"])

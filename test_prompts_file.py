@@ -271,7 +271,8 @@ def test_torchrun_a_process_that_fails_ends_every_process_promptly(prompts_file,
     args = ["--dllm", dream_dir, "--reward-model", rm_dir, "--prompts-file", prompts_file, *SMALL, "--output", str(out)]
     run = conftest.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         os.path.join(HERE, "entrgi.py"), *args], 120, text=True, preexec_fn=small_disk,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                            "PYTHONDONTWRITEBYTECODE": "1"})
     assert run.returncode != 0                                              # promptly: within the limit
     errors = re.findall(r"entrgi\.py: error: cannot write --output .*?(?:\(a full disk\?\)|File too large)",
                         run.stderr)                                         # (two
